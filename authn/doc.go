@@ -1,0 +1,13 @@
+// Package authn identifies who is making a request. It is the OIDC relying
+// party (authorization code flow with PKCE S256, one-time state bound to the
+// browser, nonce, strict ID-token checks) and the keeper of server-side
+// sessions: the browser holds only an opaque random ID in a __Host- cookie;
+// the record, with the user's attributes and tokens, stays in the store so
+// sessions can be listed, refreshed and revoked.
+//
+// The edge's auth host runs the login; each app host receives the session
+// through a one-time handoff code bound to that browser. authn never decides
+// access (that is package groups) and never trusts identity that arrives from
+// the client: a request is anonymous unless its session cookie names a live
+// session.
+package authn

@@ -1,0 +1,399 @@
+package authn
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ztna-dev/ztna/internal/store"
+)
+
+// SessionCookie is the name of the cookie that carries the session ID on
+// every host the edge serves. The __Host- prefix makes browsers refuse it
+// unless it is Secure, host-only and Path=/.
+const SessionCookie = "__Host-ztna_session"
+
+// Store buckets owned by authn.
+const (
+	bucketSessions   = "sessions"
+	bucketLoginState = "login_state"
+	bucketHandoff    = "handoff"
+	bucketLogoutJTI  = "logout_jti"
+	bucketRevoked    = "revoked_sessions"
+)
+
+// sessionIDLen is the length of an encoded session ID: 32 random bytes,
+// unpadded base64url.
+const sessionIDLen = 43
+
+// ErrNoSession means the request carries no live session.
+var ErrNoSession = errors.New("no session")
+
+// Session is a server-side login. The browser knows only ID; the store keys
+// the record by Key (a hash of ID), so a copy of the store does not yield
+// usable cookies.
+type Session struct {
+	ID  string `json:"-"` // the secret cookie value; never stored, never logged
+	Key string `json:"-"` // hex SHA-256 of ID: the store key
+
+	Identity     Identity  `json:"identity"`
+	CreatedAt    time.Time `json:"created_at"`
+	ExpiresAt    time.Time `json:"expires_at"` // absolute lifetime
+	IdleTimeout  Duration  `json:"idle_timeout"`
+	LastSeen     time.Time `json:"last_seen"`
+	IDToken      string    `json:"id_token,omitempty"`      // for RP-initiated logout (id_token_hint)
+	RefreshToken string    `json:"refresh_token,omitempty"` // secret
+	RefreshAt    time.Time `json:"refresh_at,omitempty"`    // when to refresh the IdP tokens
+	IdPSession   string    `json:"idp_sid,omitempty"`       // the IdP's sid claim, for back-channel logout
+}
+
+// Duration is a time.Duration that encodes as nanoseconds in JSON records.
+type Duration = time.Duration
+
+// Ref is a short, non-secret reference to the session for logs, audit
+// events and assertions.
+func (s *Session) Ref() string { return s.Key[:16] }
+
+// LogValue keeps secrets out of logs whatever a caller passes to slog.
+func (s *Session) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("ref", s.Ref()), slog.String("user", s.Identity.Subject))
+}
+
+// NewSessionID returns a fresh random session ID.
+func NewSessionID() string { return randomToken() }
+
+func randomToken() string {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(fmt.Sprintf("crypto/rand failed: %v", err)) // never happens on supported platforms
+	}
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// ParseSessionID checks that s has the exact shape of a session ID and
+// returns its store key. Cookie values are attacker-controlled: anything
+// else is rejected before it reaches a cache or store lookup.
+func ParseSessionID(s string) (key string, ok bool) {
+	if len(s) != sessionIDLen {
+		return "", false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return "", false
+		}
+	}
+	// The last character carries 2 padding bits that must be zero, so each
+	// ID has exactly one encoding.
+	if _, err := base64.RawURLEncoding.Strict().DecodeString(s); err != nil {
+		return "", false
+	}
+	return hashKey(s), true
+}
+
+func hashKey(secret string) string {
+	h := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(h[:])
+}
+
+// SessionsConfig are the lifetimes of sessions.
+type SessionsConfig struct {
+	// IdleTimeout ends a session unused for this long. 0 → 8h.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// AbsoluteTimeout ends a session this long after login, used or not. 0 → 24h.
+	AbsoluteTimeout time.Duration `yaml:"absolute_timeout"`
+}
+
+func (c SessionsConfig) withDefaults() SessionsConfig {
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 8 * time.Hour
+	}
+	if c.AbsoluteTimeout <= 0 {
+		c.AbsoluteTimeout = 24 * time.Hour
+	}
+	return c
+}
+
+// cacheTTL bounds how long a cached session is trusted without re-reading
+// the store; revocations made elsewhere are seen within this time even
+// before the revocation bus (replicas) tells us.
+const cacheTTL = 30 * time.Second
+
+// touchEvery is how stale the stored LastSeen may get before it is written
+// back: idle tracking must not cost a write per request.
+const touchEvery = time.Minute
+
+// maxCached bounds the session cache.
+const maxCached = 100_000
+
+type cached struct {
+	s        *Session
+	loadedAt time.Time
+	lastSeen atomic.Int64 // unix nanos, newer than s.LastSeen while in use
+	stored   atomic.Int64 // unix nanos of the LastSeen last written to the store
+}
+
+// Sessions keeps sessions in the store with a memory cache in front: the
+// per-request lookup is a hash and a map read, with no I/O when nothing
+// changed.
+type Sessions struct {
+	st     store.Store
+	cfg    SessionsConfig
+	logger *slog.Logger
+	now    func() time.Time
+
+	mu    sync.RWMutex
+	cache map[string]*cached
+
+	onRevokeMu sync.RWMutex
+	onRevoke   []func(key string)
+
+	wg sync.WaitGroup // background touches
+}
+
+// NewSessions returns the session keeper over st.
+func NewSessions(st store.Store, cfg SessionsConfig, logger *slog.Logger) *Sessions {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Sessions{st: st, cfg: cfg.withDefaults(), logger: logger, now: time.Now, cache: make(map[string]*cached)}
+}
+
+// OnRevoke registers fn to be called with the key of every session that is
+// revoked or expires through this keeper, so live connections under it can
+// be closed.
+func (m *Sessions) OnRevoke(fn func(key string)) {
+	m.onRevokeMu.Lock()
+	m.onRevoke = append(m.onRevoke, fn)
+	m.onRevokeMu.Unlock()
+}
+
+// Create stores a new session for id and returns it with its secret ID.
+func (m *Sessions) Create(ctx context.Context, id Identity, t Tokens) (*Session, error) {
+	now := m.now()
+	s := &Session{
+		ID:           NewSessionID(),
+		Identity:     id,
+		CreatedAt:    now,
+		ExpiresAt:    now.Add(m.cfg.AbsoluteTimeout),
+		IdleTimeout:  m.cfg.IdleTimeout,
+		LastSeen:     now,
+		IDToken:      t.IDToken,
+		RefreshToken: t.RefreshToken,
+		RefreshAt:    t.refreshAt(),
+		IdPSession:   t.IdPSession,
+	}
+	s.Key = hashKey(s.ID)
+	if err := m.save(ctx, s); err != nil {
+		return nil, err
+	}
+	m.put(s, now)
+	return s, nil
+}
+
+// Get returns the live session named by the cookie value id.
+func (m *Sessions) Get(ctx context.Context, id string) (*Session, error) {
+	key, ok := ParseSessionID(id)
+	if !ok {
+		return nil, ErrNoSession
+	}
+	now := m.now()
+	m.mu.RLock()
+	c := m.cache[key]
+	m.mu.RUnlock()
+	if c == nil || now.Sub(c.loadedAt) > cacheTTL {
+		s, err := m.load(ctx, key)
+		if err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				m.drop(key)
+				return nil, ErrNoSession
+			}
+			return nil, fmt.Errorf("load session %s: %w", key[:16], err)
+		}
+		s.ID = id
+		c = m.put(s, now)
+	}
+	s := c.s
+	last := time.Unix(0, c.lastSeen.Load())
+	if now.After(s.ExpiresAt) || now.Sub(last) > s.IdleTimeout {
+		m.expire(key)
+		return nil, ErrNoSession
+	}
+	c.lastSeen.Store(now.UnixNano())
+	if now.Sub(time.Unix(0, c.stored.Load())) > touchEvery {
+		m.touch(c, now)
+	}
+	return s, nil
+}
+
+// Update replaces the stored record of s (after a token refresh or an
+// attribute change) and the cached copy.
+func (m *Sessions) Update(ctx context.Context, s *Session) error {
+	if err := m.save(ctx, s); err != nil {
+		return err
+	}
+	m.put(s, m.now())
+	return nil
+}
+
+// Revoke ends the session with the given key everywhere.
+func (m *Sessions) Revoke(ctx context.Context, key string) error {
+	// The tombstone outlives any session, so a background write racing with
+	// this revocation (a last-seen touch, a token refresh) cannot bring the
+	// session back: load refuses tombstoned keys.
+	if err := m.st.Put(ctx, bucketRevoked, key, []byte{1}, m.cfg.AbsoluteTimeout); err != nil {
+		return fmt.Errorf("revoke session %s: %w", key[:min(16, len(key))], err)
+	}
+	if err := m.st.Delete(ctx, bucketSessions, key); err != nil {
+		return fmt.Errorf("revoke session %s: %w", key[:min(16, len(key))], err)
+	}
+	m.drop(key)
+	m.notify(key)
+	return nil
+}
+
+// RevokeMatching revokes every session for which match returns true and
+// reports how many it revoked. It scans the store: used by back-channel
+// logout and admin actions, not per request.
+func (m *Sessions) RevokeMatching(ctx context.Context, match func(*Session) bool) (int, error) {
+	var keys []string
+	err := m.st.List(ctx, bucketSessions, "", func(key string, v []byte) bool {
+		var s Session
+		if json.Unmarshal(v, &s) == nil {
+			s.Key = key
+			if match(&s) {
+				keys = append(keys, key)
+			}
+		}
+		return true
+	})
+	if err != nil {
+		return 0, fmt.Errorf("list sessions: %w", err)
+	}
+	for _, k := range keys {
+		if err := m.Revoke(ctx, k); err != nil {
+			return 0, err
+		}
+	}
+	return len(keys), nil
+}
+
+// Wait blocks until background writes finish (shutdown, tests).
+func (m *Sessions) Wait() { m.wg.Wait() }
+
+func (m *Sessions) save(ctx context.Context, s *Session) error {
+	b, err := json.Marshal(s)
+	if err != nil {
+		return fmt.Errorf("encode session: %w", err)
+	}
+	ttl := s.ExpiresAt.Sub(m.now())
+	if ttl <= 0 {
+		return ErrNoSession
+	}
+	if err := m.st.Put(ctx, bucketSessions, s.Key, b, ttl); err != nil {
+		return fmt.Errorf("store session %s: %w", s.Ref(), err)
+	}
+	return nil
+}
+
+func (m *Sessions) load(ctx context.Context, key string) (*Session, error) {
+	if _, err := m.st.Get(ctx, bucketRevoked, key); err == nil {
+		return nil, store.ErrNotFound
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return nil, err
+	}
+	b, err := m.st.Get(ctx, bucketSessions, key)
+	if err != nil {
+		return nil, err
+	}
+	var s Session
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("decode session: %w", err)
+	}
+	s.Key = key
+	return &s, nil
+}
+
+func (m *Sessions) put(s *Session, now time.Time) *cached {
+	c := &cached{s: s, loadedAt: now}
+	last := s.LastSeen
+	m.mu.Lock()
+	if old := m.cache[s.Key]; old != nil {
+		if t := time.Unix(0, old.lastSeen.Load()); t.After(last) {
+			last = t
+		}
+	}
+	c.lastSeen.Store(last.UnixNano())
+	c.stored.Store(s.LastSeen.UnixNano())
+	if len(m.cache) >= maxCached {
+		for k := range m.cache { // evict an arbitrary entry: a miss only costs a store read
+			delete(m.cache, k)
+			break
+		}
+	}
+	m.cache[s.Key] = c
+	m.mu.Unlock()
+	return c
+}
+
+func (m *Sessions) drop(key string) {
+	m.mu.Lock()
+	delete(m.cache, key)
+	m.mu.Unlock()
+}
+
+func (m *Sessions) expire(key string) {
+	m.drop(key)
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := m.st.Delete(ctx, bucketSessions, key); err != nil {
+			m.logger.Warn("delete expired session", "ref", key[:16], "err", err)
+		}
+	}()
+	m.notify(key)
+}
+
+// touch writes LastSeen back in the background, at most once per touchEvery.
+func (m *Sessions) touch(c *cached, now time.Time) {
+	prev := c.stored.Load()
+	if !c.stored.CompareAndSwap(prev, now.UnixNano()) {
+		return // another request is already writing it
+	}
+	cp := *c.s
+	cp.LastSeen = now
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		// Only refresh a record that still exists; a revocation racing
+		// with this write is held by its tombstone (see Revoke).
+		if _, err := m.st.Get(ctx, bucketSessions, cp.Key); err != nil {
+			return
+		}
+		if err := m.save(ctx, &cp); err != nil {
+			m.logger.Warn("update session last-seen", "ref", cp.Ref(), "err", err)
+		}
+	}()
+}
+
+func (m *Sessions) notify(key string) {
+	m.onRevokeMu.RLock()
+	fns := m.onRevoke
+	m.onRevokeMu.RUnlock()
+	for _, fn := range fns {
+		fn(key)
+	}
+}

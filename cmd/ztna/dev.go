@@ -1,0 +1,78 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/ztna-dev/ztna/internal/devenv"
+)
+
+func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
+	defDir := ".ztna-dev"
+	if d, err := os.UserConfigDir(); err == nil {
+		defDir = filepath.Join(d, "ztna", "dev")
+	}
+	dataDir := fs.String("data-dir", defDir, "where the dev CA, keys and sessions are kept between runs")
+	listen := fs.String("listen", "127.0.0.1:8443", "edge HTTPS and HTTP/3 address")
+	admin := fs.String("admin", "127.0.0.1:9090", `admin address (/healthz, /readyz, /metrics), or "off"`)
+	idp := fs.String("idp", "127.0.0.1:5556", "development OIDC provider address")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), "Usage: ztna dev [flags]\n\nRuns the edge, a development OIDC provider with demo users and demo apps on this\nmachine, with no setup. Host names under .localhost resolve to this machine in\nbrowsers. Ctrl-C stops everything.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	switch *logLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		fmt.Fprintf(stderr, "ztna dev: -log-level: must be debug, info, warn or error, not %q\n", *logLevel)
+		return errUsage
+	}
+	logger := newLogger(stderr, "text", *logLevel)
+	env, err := devenv.Start(ctx, devenv.Options{
+		DataDir: *dataDir, Listen: *listen, AdminListen: *admin, IdPListen: *idp,
+		Logger: logger, Audit: stderr,
+	})
+	if err != nil {
+		return err
+	}
+	printBanner(stdout, env, *admin)
+	<-ctx.Done()
+	fmt.Fprintln(stdout, "\nztna dev: stopping…")
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return env.Close(sctx)
+}
+
+func printBanner(w io.Writer, env *devenv.Env, admin string) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nztna dev is running.\n\n")
+	fmt.Fprintf(&b, "  Open in a browser:\n")
+	fmt.Fprintf(&b, "    %-40s demo app: shows the identity it receives\n", env.AppURL("whoami")+"/")
+	fmt.Fprintf(&b, "    %-40s only the security group may enter\n", env.AppURL("secure")+"/")
+	fmt.Fprintf(&b, "\n  Edge login host   %s\n", env.AuthOrigin)
+	fmt.Fprintf(&b, "  Dev IdP           %s\n", env.IdP.Issuer())
+	if admin != "off" {
+		fmt.Fprintf(&b, "  Admin             http://%s/healthz  /readyz  /metrics\n", admin)
+	}
+	fmt.Fprintf(&b, "  Dev CA            %s\n", env.CAFile)
+	fmt.Fprintf(&b, "                    (trust it in your browser, or accept the certificate warning)\n")
+	fmt.Fprintf(&b, "\n  Users (username / password):\n")
+	for _, u := range env.Users {
+		fmt.Fprintf(&b, "    %-7s / %-16s %s, %s; groups %s\n", u.Username, u.Password,
+			u.Attributes["department"], u.Attributes["title"], strings.Join(u.Groups, ", "))
+	}
+	fmt.Fprintf(&b, "\n  Rules: whoami lets engineering and finance in (finance read-only);\n")
+	fmt.Fprintf(&b, "         secure lets only the security group in; everyone else is denied.\n")
+	fmt.Fprintf(&b, "\nPress Ctrl-C to stop.\n")
+	fmt.Fprint(w, b.String())
+}

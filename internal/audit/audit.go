@@ -1,0 +1,126 @@
+// Package audit writes one structured event per access decision: who, which
+// session, which app, what was asked, the decision, the rule and the reason,
+// and how long the decision took. Events are JSON lines, written by a
+// background writer so the request path never waits on the log's I/O.
+//
+// It never records secrets: sessions appear as a short, non-reversible
+// reference, never as the cookie value.
+package audit
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// Event is one decision.
+type Event struct {
+	Time     time.Time     `json:"time"`
+	Kind     string        `json:"kind"` // "request", later "stream", "login", …
+	User     string        `json:"user,omitempty"`
+	Email    string        `json:"email,omitempty"`
+	Session  string        `json:"session,omitempty"` // session reference, never the cookie value
+	Device   string        `json:"device,omitempty"`
+	App      string        `json:"app,omitempty"`
+	Method   string        `json:"method,omitempty"`
+	Host     string        `json:"host,omitempty"`
+	Path     string        `json:"path,omitempty"`
+	Source   string        `json:"source,omitempty"` // client address
+	Decision string        `json:"decision"`         // "allow" or "deny"
+	Rule     string        `json:"rule,omitempty"`
+	Reason   string        `json:"reason,omitempty"`
+	Latency  time.Duration `json:"latency_ns"`
+}
+
+// Log is an asynchronous audit writer. Events go through a bounded queue; if
+// the writer cannot keep up, events are counted as dropped and a warning is
+// logged rather than stalling requests. Close flushes what is queued.
+type Log struct {
+	queue   chan Event
+	done    chan struct{}
+	logger  *slog.Logger
+	mu      sync.Mutex
+	dropped uint64
+	close   sync.Once
+}
+
+// New starts a writer of JSON lines to w. Flush interval is how often
+// buffered lines are written out (0 → 200ms). A nil w discards events.
+func New(w io.Writer, flushEvery time.Duration, logger *slog.Logger) *Log {
+	if w == nil {
+		w = io.Discard
+	}
+	if flushEvery <= 0 {
+		flushEvery = 200 * time.Millisecond
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	l := &Log{queue: make(chan Event, 8192), done: make(chan struct{}), logger: logger}
+	go l.run(bufio.NewWriterSize(w, 64<<10), flushEvery)
+	return l
+}
+
+// Record queues e. It never blocks.
+func (l *Log) Record(e Event) {
+	select {
+	case l.queue <- e:
+	default:
+		l.mu.Lock()
+		l.dropped++
+		l.mu.Unlock()
+	}
+}
+
+// Dropped reports how many events were dropped because the queue was full.
+func (l *Log) Dropped() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.dropped
+}
+
+func (l *Log) run(bw *bufio.Writer, flushEvery time.Duration) {
+	defer close(l.done)
+	enc := json.NewEncoder(bw)
+	t := time.NewTicker(flushEvery)
+	defer t.Stop()
+	var reported uint64
+	for {
+		select {
+		case e, ok := <-l.queue:
+			if !ok {
+				if err := bw.Flush(); err != nil {
+					l.logger.Error("audit flush failed", "err", err)
+				}
+				return
+			}
+			if err := enc.Encode(e); err != nil {
+				l.logger.Error("audit write failed", "err", err)
+			}
+		case <-t.C:
+			if err := bw.Flush(); err != nil {
+				l.logger.Error("audit flush failed", "err", err)
+			}
+			if d := l.Dropped(); d != reported {
+				l.logger.Warn("audit events dropped: writer too slow", "dropped_total", d)
+				reported = d
+			}
+		}
+	}
+}
+
+// Close flushes queued events and stops the writer. It waits at most until
+// ctx is done. Record must not be called after Close.
+func (l *Log) Close(ctx context.Context) error {
+	l.close.Do(func() { close(l.queue) })
+	select {
+	case <-l.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

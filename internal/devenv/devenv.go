@@ -1,0 +1,368 @@
+// Package devenv builds the whole ztna system on one machine: the embedded
+// development IdP with demo users, the edge with demo apps and rules, and the
+// demo "whoami" app that shows the identity it received. `ztna dev` runs it
+// for people; the integration tests run the same thing on 127.0.0.1:0, so
+// what the tests exercise is what a developer sees.
+//
+// It is for development only: the IdP serves plain HTTP on loopback and
+// knows its users' passwords. Nothing here may be used by `ztna serve`.
+package devenv
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ztna-dev/ztna/authn"
+	"github.com/ztna-dev/ztna/authn/devidp"
+	"github.com/ztna-dev/ztna/groups"
+	"github.com/ztna-dev/ztna/internal/audit"
+	"github.com/ztna-dev/ztna/internal/store"
+	"github.com/ztna-dev/ztna/internal/store/bolt"
+	"github.com/ztna-dev/ztna/proxy"
+	"github.com/ztna-dev/ztna/proxy/edge"
+	"github.com/ztna-dev/ztna/proxy/identity"
+)
+
+// Options configure the dev system. Zero values are the `ztna dev` defaults.
+type Options struct {
+	// DataDir keeps the dev CA, the edge certificate, the signing keys and
+	// the session store between runs. Required.
+	DataDir string
+	// Listen is the edge's HTTPS (and HTTP/3) address. "" → 127.0.0.1:8443.
+	Listen string
+	// RedirectListen is the plain-HTTP redirect address. "" → off.
+	RedirectListen string
+	// AdminListen serves /healthz, /readyz, /metrics. "" → 127.0.0.1:9090;
+	// "off" disables it.
+	AdminListen string
+	// IdPListen is the dev IdP's address. "" → 127.0.0.1:5556.
+	IdPListen string
+	// Domain is the parent of every dev host name. "" → "localhost"
+	// (browsers resolve *.localhost to the loopback address).
+	Domain string
+	// Logger is the process log; nil discards.
+	Logger *slog.Logger
+	// Audit receives audit events as JSON lines; nil → Logger's output is
+	// not used, events are discarded.
+	Audit io.Writer
+	// DrainDelay and GraceTimeout of the edge. 0 → 0 (dev stops at once)
+	// and 5s.
+	DrainDelay   time.Duration
+	GraceTimeout time.Duration
+	// Registry for metrics; nil → a fresh registry.
+	Registry *prometheus.Registry
+}
+
+// Env is a running dev system.
+type Env struct {
+	IdP        *devidp.Provider
+	Edge       *proxy.Edge
+	Server     *edge.Server
+	Users      []devidp.User
+	AuthOrigin string // https://auth.localhost:PORT
+	EdgeAddr   string // the bound 127.0.0.1:PORT of the edge
+	CAFile     string // the dev CA that signed the edge certificate
+	ConfigYAML string // the edge config as YAML, for people to read and adapt
+
+	cfg     *proxy.Config
+	st      store.Store
+	audit   *audit.Log
+	closers []func(context.Context) error
+	once    sync.Once
+}
+
+// AppURL is the browser URL of the named demo app.
+func (e *Env) AppURL(app string) string {
+	for _, a := range e.cfg.Apps {
+		if a.Name == app {
+			return "https://" + a.Host + portSuffix(e.cfg.PublicPort)
+		}
+	}
+	return ""
+}
+
+// Config returns the edge's current config (tests may modify a copy and
+// Apply it).
+func (e *Env) Config() *proxy.Config { return e.cfg }
+
+// Start brings the system up. On error everything started is stopped.
+func Start(ctx context.Context, o Options) (env *Env, err error) {
+	if o.DataDir == "" {
+		return nil, errors.New("devenv: DataDir is required")
+	}
+	o = withDefaults(o)
+	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	env = &Env{Users: devidp.DemoUsers()}
+	defer func() {
+		if err != nil {
+			_ = env.Close(context.Background())
+		}
+	}()
+
+	// The IdP's address is needed for the edge config, and the edge's port
+	// for the IdP's redirect URIs: bind both sockets before serving either.
+	idpLn, err := net.Listen("tcp", o.IdPListen)
+	if err != nil {
+		return nil, fmt.Errorf("dev IdP listen %s: %w", o.IdPListen, err)
+	}
+	env.closers = append(env.closers, func(context.Context) error { return idpLn.Close() })
+	issuer := "http://" + idpLn.Addr().String()
+
+	authHost := "auth." + o.Domain
+	hosts := []string{authHost, "whoami." + o.Domain, "secure." + o.Domain, "localhost", "127.0.0.1", "::1"}
+	certFile, keyFile, caFile, err := ensureCerts(o.DataDir, hosts)
+	if err != nil {
+		return nil, err
+	}
+	env.CAFile = caFile
+
+	late := &lateEdge{}
+	srv, err := edge.New(edge.Config{
+		Address: o.Listen, HTTPRedirectAddress: o.RedirectListen, AdminAddress: o.AdminListen,
+		DrainDelay: o.DrainDelay, GraceTimeout: o.GraceTimeout,
+	}, edge.Options{
+		Handler:    late,
+		TLSConfig:  &tls.Config{GetCertificate: late.GetCertificate},
+		Metrics:    o.Registry,
+		Registerer: o.Registry,
+		Logger:     o.Logger,
+		Ready:      func() bool { return late.e.Load() != nil },
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := srv.Start(); err != nil {
+		return nil, err
+	}
+	env.Server = srv
+	env.closers = append(env.closers, srv.Shutdown)
+	port := srv.Addr().(*net.TCPAddr).Port
+	env.EdgeAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	env.AuthOrigin = "https://" + authHost + portSuffix(port)
+
+	// Everything that talks to the edge by name (the IdP's back-channel
+	// logout, whoami's JWKS fetch) resolves dev hosts to the edge and trusts
+	// the dev CA.
+	edgeClient, err := env.Client()
+	if err != nil {
+		return nil, err
+	}
+	idp, err := devidp.New(devidp.Config{
+		Issuer: issuer,
+		Users:  env.Users,
+		Clients: []devidp.Client{{
+			ID: "ztna-edge", Secret: devClientSecret,
+			RedirectURIs:           []string{env.AuthOrigin + authn.PathCallback},
+			PostLogoutRedirectURIs: []string{env.AuthOrigin + authn.PathSignedOut},
+			BackChannelLogoutURI:   env.AuthOrigin + authn.PathBackchannel,
+		}},
+		BackChannelClient: edgeClient,
+		Logger:            o.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	env.IdP = idp
+	idpSrv := &http.Server{Handler: idp.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug)}
+	go func() { _ = idpSrv.Serve(idpLn) }()
+	env.closers = append(env.closers, func(ctx context.Context) error {
+		err := idpSrv.Shutdown(ctx)
+		return errors.Join(err, idp.Close())
+	})
+
+
+	whoamiLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	upstream := "http://" + whoamiLn.Addr().String()
+	cfg := demoConfig(o, authHost, port, issuer, upstream, certFile, keyFile)
+	env.cfg = cfg
+	wa := &whoami{verifiers: map[string]*identity.Verifier{}, appOf: func(host string) string {
+		for _, a := range cfg.Apps {
+			if a.Host+portSuffix(port) == host || a.Host == host {
+				return a.Name
+			}
+		}
+		return ""
+	}}
+	for _, a := range cfg.Apps {
+		v, err := identity.NewVerifier(identity.VerifierConfig{
+			Issuer: env.AuthOrigin, Audience: a.Name, JWKSURL: env.AuthOrigin + proxy.JWKSPath, HTTPClient: edgeClient,
+		})
+		if err != nil {
+			return nil, err
+		}
+		wa.verifiers[a.Name] = v
+	}
+	whoamiSrv := &http.Server{Handler: wa, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = whoamiSrv.Serve(whoamiLn) }()
+	env.closers = append(env.closers, whoamiSrv.Shutdown)
+
+	st, err := bolt.Open(filepath.Join(o.DataDir, "ztna.db"), bolt.Options{Logger: o.Logger})
+	if err != nil {
+		return nil, err
+	}
+	env.st = st
+	env.closers = append(env.closers, func(context.Context) error { return st.Close() })
+	keys, err := identity.LoadOrCreateKeySet(filepath.Join(o.DataDir, "signing-keys.json"), 0, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	env.audit = audit.New(o.Audit, 0, o.Logger)
+	env.closers = append(env.closers, env.audit.Close)
+	px, err := proxy.New(ctx, cfg, proxy.Options{
+		Store: st, Keys: keys, Audit: env.audit, Logger: o.Logger, Registry: o.Registry,
+		IdPClient: &http.Client{Timeout: 10 * time.Second},
+	})
+	if err != nil {
+		return nil, err
+	}
+	env.Edge = px
+	env.closers = append(env.closers, func(context.Context) error { px.Close(); return nil })
+	late.e.Store(px)
+	return env, nil
+}
+
+// Close stops everything, the edge first (it drains), then the apps, the
+// IdP and the store.
+func (e *Env) Close(ctx context.Context) error {
+	var err error
+	e.once.Do(func() {
+		for i := len(e.closers) - 1; i >= 0; i-- {
+			err = errors.Join(err, e.closers[i](ctx))
+		}
+	})
+	return err
+}
+
+// Client returns an HTTP client that reaches every dev host name at the edge
+// and trusts the dev CA. It follows no redirects and keeps no cookies; add a
+// jar as needed.
+func (e *Env) Client() (*http.Client, error) {
+	pem, err := os.ReadFile(e.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, errors.New("dev CA: no certificate")
+	}
+	edgeAddr := e.EdgeAddr
+	dialer := &net.Dialer{Timeout: 5 * time.Second}
+	tr := &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			host, _, err := net.SplitHostPort(addr)
+			if err == nil && (host == "localhost" || hasSuffix(host, ".localhost")) {
+				addr = edgeAddr
+			}
+			return dialer.DialContext(ctx, network, addr)
+		},
+		ForceAttemptHTTP2: true,
+	}
+	return &http.Client{Transport: tr, Timeout: 15 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}, nil
+}
+
+func hasSuffix(s, suffix string) bool { return len(s) > len(suffix) && s[len(s)-len(suffix):] == suffix }
+
+func withDefaults(o Options) Options {
+	if o.Listen == "" {
+		o.Listen = "127.0.0.1:8443"
+	}
+	if o.AdminListen == "" {
+		o.AdminListen = "127.0.0.1:9090"
+	}
+	if o.IdPListen == "" {
+		o.IdPListen = "127.0.0.1:5556"
+	}
+	if o.Domain == "" {
+		o.Domain = "localhost"
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.GraceTimeout == 0 {
+		o.GraceTimeout = 5 * time.Second
+	}
+	if o.Registry == nil {
+		o.Registry = prometheus.NewRegistry()
+	}
+	return o
+}
+
+func portSuffix(p int) string {
+	if p == 443 || p == 0 {
+		return ""
+	}
+	return ":" + strconv.Itoa(p)
+}
+
+// demoConfig is the edge config of the dev system: two apps on the whoami
+// upstream with rules that let some demo users in and keep others out.
+func demoConfig(o Options, authHost string, port int, issuer, upstream, certFile, keyFile string) *proxy.Config {
+	return &proxy.Config{
+		Listen:     edge.Config{Address: o.Listen, HTTPRedirectAddress: o.RedirectListen, AdminAddress: o.AdminListen},
+		AuthHost:   authHost,
+		PublicPort: port,
+		DataDir:    o.DataDir,
+		TLS:        proxy.TLSConfig{CertFile: certFile, KeyFile: keyFile},
+		OIDC: authn.Config{
+			Issuer: issuer, ClientID: "ztna-edge", ClientSecret: devClientSecret,
+			Scopes: []string{"openid", "profile", "email", "groups", "offline_access"},
+		},
+		Apps: []proxy.AppConfig{
+			{
+				Name: "whoami", Host: "whoami." + o.Domain, Upstream: upstream,
+				Rules: []groups.Rule{
+					{Name: "finance-read-only", Action: "deny", Groups: []string{"finance"}, Methods: []string{"POST", "PUT", "PATCH", "DELETE"}},
+					{Name: "employees", Groups: []string{"engineering", "finance"}},
+				},
+			},
+			{
+				Name: "secure", Host: "secure." + o.Domain, Upstream: upstream,
+				Rules: []groups.Rule{{Name: "security-team", Groups: []string{"security"}}},
+			},
+		},
+	}
+}
+
+// devClientSecret is the dev IdP's secret for the edge: not a secret, since
+// the dev IdP lives in the same process and only on loopback.
+const devClientSecret = "dev-edge-secret"
+
+// lateEdge lets the listeners start (and report their port, which the
+// config needs) before the edge exists; until then it answers 503.
+type lateEdge struct{ e atomic.Pointer[proxy.Edge] }
+
+func (l *lateEdge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if e := l.e.Load(); e != nil {
+		e.ServeHTTP(w, r)
+		return
+	}
+	http.Error(w, "starting", http.StatusServiceUnavailable)
+}
+
+func (l *lateEdge) GetCertificate(h *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	if e := l.e.Load(); e != nil {
+		return e.GetCertificate(h)
+	}
+	return nil, errors.New("edge starting")
+}

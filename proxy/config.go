@@ -1,0 +1,300 @@
+package proxy
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ztna-dev/ztna/authn"
+	"github.com/ztna-dev/ztna/groups"
+	"github.com/ztna-dev/ztna/internal/config"
+	"github.com/ztna-dev/ztna/proxy/edge"
+)
+
+// Config is the edge's configuration file. Every zero value is documented
+// and safe; `ztna serve` refuses a config that fails Validate.
+type Config struct {
+	// Listen is where the edge serves (HTTPS + HTTP/3, redirect, admin).
+	Listen edge.Config `yaml:"listen"`
+	// AuthHost is the host name of the edge's own login host, e.g.
+	// auth.corp.example. Required. The OIDC redirect URI registered at the
+	// IdP is https://AUTH_HOST[:PUBLIC_PORT]/.ztna/callback.
+	AuthHost string `yaml:"auth_host"`
+	// PublicPort is the HTTPS port browsers use to reach the edge (it
+	// differs from the listen port behind a load balancer). 0 → the port of
+	// listen.address, or 443.
+	PublicPort int `yaml:"public_port"`
+	// DataDir holds generated keys and the embedded store. "" → /var/lib/ztna.
+	DataDir string `yaml:"data_dir"`
+	// TLS is the edge's server certificate. Required for `serve`.
+	TLS TLSConfig `yaml:"tls"`
+	// OIDC is the company IdP.
+	OIDC authn.Config `yaml:"oidc"`
+	// Signing controls the keys that sign identity assertions to apps.
+	Signing SigningConfig `yaml:"signing"`
+	// Apps are the internal apps the edge serves. Default deny: an app
+	// without rules is reachable by nobody.
+	Apps []AppConfig `yaml:"apps"`
+	// Log configures the process log and the audit log.
+	Log LogConfig `yaml:"log"`
+}
+
+// TLSConfig names PEM files.
+type TLSConfig struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// SigningConfig is the edge's assertion signing.
+type SigningConfig struct {
+	// KeyFile is the ES256 key set (JSON, created if missing).
+	// "" → DATA_DIR/signing-keys.json.
+	KeyFile string `yaml:"key_file"`
+	// RotateAfter adds a new signing key when the newest is older than
+	// this; older keys stay published until they expire. 0 → 720h.
+	RotateAfter time.Duration `yaml:"rotate_after"`
+	// AssertionTTL is the lifetime of an assertion sent to an app. The edge
+	// reuses one per (session, app) until shortly before it expires.
+	// 0 → 5m.
+	AssertionTTL time.Duration `yaml:"assertion_ttl"`
+}
+
+// LogConfig configures logging.
+type LogConfig struct {
+	// Level is debug, info, warn or error. "" → info.
+	Level string `yaml:"level"`
+	// Format is json or text. "" → json (text in `ztna dev`).
+	Format string `yaml:"format"`
+	// AuditFile receives one JSON line per access decision. "" → the
+	// process log's output (stderr).
+	AuditFile string `yaml:"audit_file"`
+}
+
+// AppConfig is one internal app.
+type AppConfig struct {
+	// Name identifies the app in rules, audit events and assertions (the
+	// assertion's audience). Required, unique: [a-z0-9][a-z0-9-]*.
+	Name string `yaml:"name"`
+	// Host is the name users reach the app at, e.g. wiki.corp.example.
+	// Required.
+	Host string `yaml:"host"`
+	// PathPrefix routes only this prefix of Host to the app. "" → "/".
+	// When several apps share a host, the longest prefix wins.
+	PathPrefix string `yaml:"path_prefix"`
+	// Upstream is the app's address: http://host:port or https://host:port.
+	Upstream string `yaml:"upstream"`
+	// PreserveHost sends the client's Host header upstream instead of the
+	// upstream's own. false → the upstream's host.
+	PreserveHost bool `yaml:"preserve_host"`
+	// UpstreamCAFile verifies an https upstream against this CA instead of
+	// the system roots.
+	UpstreamCAFile string `yaml:"upstream_ca_file"`
+	// Rules decide who may use the app. Empty → nobody.
+	Rules []groups.Rule `yaml:"rules"`
+}
+
+var (
+	appNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+	hostRE    = regexp.MustCompile(`^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
+)
+
+// LoadConfig reads, defaults and validates the config file at path. Errors
+// name the file, line and field.
+func LoadConfig(path string) (*Config, error) {
+	var c Config
+	doc, err := config.Load(path, &c)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.validate(doc); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// ParseConfig is LoadConfig for bytes; name is used in errors.
+func ParseConfig(name string, data []byte) (*Config, error) {
+	var c Config
+	doc, err := config.Parse(name, data, &c)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.validate(doc); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// Validate checks a config built in code (`ztna dev`, tests).
+func (c *Config) Validate() error { return c.validate(nil) }
+
+// fieldError is a validation failure at a YAML path.
+type fieldError struct {
+	path string
+	msg  string
+}
+
+func (c *Config) validate(doc *config.Doc) error {
+	fe := c.check()
+	if fe == nil {
+		return nil
+	}
+	if doc != nil {
+		return doc.Errorf(fe.path, "%s", fe.msg)
+	}
+	return fmt.Errorf("%s: %s", fe.path, fe.msg)
+}
+
+func (c *Config) check() *fieldError {
+	if err := c.Listen.Validate(); err != nil {
+		return &fieldError{"listen", err.Error()}
+	}
+	c.AuthHost = strings.ToLower(c.AuthHost)
+	if c.AuthHost == "" || !hostRE.MatchString(c.AuthHost) {
+		return &fieldError{"auth_host", "required: the host name of the edge's login host"}
+	}
+	if c.PublicPort < 0 || c.PublicPort > 65535 {
+		return &fieldError{"public_port", "must be a port number"}
+	}
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		return &fieldError{"tls", "cert_file and key_file go together"}
+	}
+	if err := c.OIDC.Validate(""); err != nil {
+		field, msg, _ := strings.Cut(err.Error(), ": ")
+		return &fieldError{"oidc." + field, msg}
+	}
+	if c.Signing.RotateAfter < 0 || c.Signing.AssertionTTL < 0 {
+		return &fieldError{"signing", "durations must not be negative"}
+	}
+	switch c.Log.Level {
+	case "", "debug", "info", "warn", "error":
+	default:
+		return &fieldError{"log.level", "must be debug, info, warn or error"}
+	}
+	switch c.Log.Format {
+	case "", "json", "text":
+	default:
+		return &fieldError{"log.format", "must be json or text"}
+	}
+	names := map[string]bool{}
+	routes := map[string]bool{}
+	for i := range c.Apps {
+		a := &c.Apps[i]
+		at := func(f string) string { return fmt.Sprintf("apps[%d].%s", i, f) }
+		if !appNameRE.MatchString(a.Name) {
+			return &fieldError{at("name"), "required: lower-case letters, digits and dashes"}
+		}
+		if names[a.Name] {
+			return &fieldError{at("name"), fmt.Sprintf("app %q is defined twice", a.Name)}
+		}
+		names[a.Name] = true
+		a.Host = strings.ToLower(a.Host)
+		if !hostRE.MatchString(a.Host) {
+			return &fieldError{at("host"), "must be a host name like wiki.corp.example"}
+		}
+		if a.Host == c.AuthHost {
+			return &fieldError{at("host"), "is the auth host; apps need their own host name"}
+		}
+		if a.PathPrefix == "" {
+			a.PathPrefix = "/"
+		}
+		if !strings.HasPrefix(a.PathPrefix, "/") || CanonicalPath(a.PathPrefix) != nil {
+			return &fieldError{at("path_prefix"), "must be a canonical path starting with /"}
+		}
+		if routes[a.Host+a.PathPrefix] {
+			return &fieldError{at("path_prefix"), fmt.Sprintf("another app already serves %s%s", a.Host, a.PathPrefix)}
+		}
+		routes[a.Host+a.PathPrefix] = true
+		u, err := url.Parse(a.Upstream)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil {
+			return &fieldError{at("upstream"), "must be an http:// or https:// URL with a host"}
+		}
+		if u.Path != "" && u.Path != "/" {
+			return &fieldError{at("upstream"), "must not have a path: the request path is forwarded as is"}
+		}
+		if a.UpstreamCAFile != "" && u.Scheme != "https" {
+			return &fieldError{at("upstream_ca_file"), "only applies to https upstreams"}
+		}
+	}
+	if _, err := groups.Compile(appRules(c.Apps)); err != nil {
+		if re, ok := err.(*groups.RuleError); ok {
+			p := fmt.Sprintf("apps[%d].rules", re.AppIndex)
+			if re.Rule >= 0 {
+				p = fmt.Sprintf("%s[%d]", p, re.Rule)
+				if re.Field != "" {
+					p += "." + re.Field
+				}
+			}
+			return &fieldError{p, re.Msg}
+		}
+		return &fieldError{"apps", err.Error()}
+	}
+	return nil
+}
+
+func appRules(apps []AppConfig) []groups.AppRules {
+	out := make([]groups.AppRules, len(apps))
+	for i, a := range apps {
+		out[i] = groups.AppRules{App: a.Name, Rules: a.Rules}
+	}
+	return out
+}
+
+// dataDir returns DataDir or its default.
+func (c *Config) dataDir() string {
+	if c.DataDir == "" {
+		return "/var/lib/ztna"
+	}
+	return c.DataDir
+}
+
+// signingKeyFile returns the key set path.
+func (c *Config) signingKeyFile() string {
+	if c.Signing.KeyFile != "" {
+		return c.Signing.KeyFile
+	}
+	return filepath.Join(c.dataDir(), "signing-keys.json")
+}
+
+func (c *Config) assertionTTL() time.Duration {
+	if c.Signing.AssertionTTL > 0 {
+		return c.Signing.AssertionTTL
+	}
+	return 5 * time.Minute
+}
+
+// publicPort is the port browsers use.
+func (c *Config) publicPort() int {
+	if c.PublicPort != 0 {
+		return c.PublicPort
+	}
+	addr := c.Listen.Address
+	if addr == "" {
+		return 443
+	}
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 443
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil || n == 0 {
+		return 443
+	}
+	return n
+}
+
+// hostPort is how browsers write host on the public port.
+func (c *Config) hostPort(host string) string {
+	if p := c.publicPort(); p != 443 {
+		return host + ":" + strconv.Itoa(p)
+	}
+	return host
+}
+
+// AuthOrigin is the edge's login origin, https://AUTH_HOST[:PORT].
+func (c *Config) AuthOrigin() string { return "https://" + c.hostPort(c.AuthHost) }

@@ -1,0 +1,129 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ztna-dev/ztna/authn"
+	"github.com/ztna-dev/ztna/internal/audit"
+	"github.com/ztna-dev/ztna/internal/store"
+	"github.com/ztna-dev/ztna/proxy/identity"
+	"github.com/ztna-dev/ztna/web"
+)
+
+// Options are the edge's long-lived dependencies: they outlive reloads.
+type Options struct {
+	Store    store.Store
+	Keys     *identity.KeySet
+	Audit    *audit.Log
+	Logger   *slog.Logger
+	Registry prometheus.Registerer // nil → metrics are not registered
+	// IdPClient is used for every call to the IdP (nil → 10s timeout).
+	IdPClient *http.Client
+}
+
+// Edge is the request pipeline with its current State. It is an
+// http.Handler; proxy/edge serves it.
+type Edge struct {
+	opts       Options
+	logger     *slog.Logger
+	sessions   *authn.Sessions
+	pages      *web.Pages
+	assets     http.Handler
+	signer     *identity.Signer
+	jwks       []byte
+	assertions *assertionCache
+	live       *liveRegistry
+	metrics    *metrics
+
+	mu      sync.Mutex // serialises Apply
+	state   atomic.Pointer[State]
+	version uint64
+}
+
+// New builds the edge and compiles its first State from cfg.
+func New(ctx context.Context, cfg *Config, opts Options) (*Edge, error) {
+	if opts.Store == nil || opts.Keys == nil || opts.Audit == nil {
+		return nil, errors.New("proxy: Store, Keys and Audit are required")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	e := &Edge{
+		opts:       opts,
+		logger:     opts.Logger,
+		sessions:   authn.NewSessions(opts.Store, cfg.OIDC.Sessions, opts.Logger),
+		pages:      web.New(opts.Logger),
+		signer:     opts.Keys.Signer(cfg.AuthOrigin()),
+		jwks:       opts.Keys.JWKS(),
+		assertions: newAssertionCache(),
+		metrics:    newMetrics(opts.Registry),
+	}
+	e.assets = e.pages.Assets()
+	e.live = newLiveRegistry(e.logger)
+	e.sessions.OnRevoke(func(key string) {
+		e.assertions.dropSession(key)
+		e.live.revokeSession(key, "session ended")
+	})
+	if err := e.Apply(ctx, cfg); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// Apply compiles cfg and, only if that fully succeeds, makes it the current
+// state. Live connections that the new policy no longer allows are closed.
+// On error the old state keeps serving.
+func (e *Edge) Apply(ctx context.Context, cfg *Config) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if old := e.state.Load(); old != nil && old.Config.AuthOrigin() != cfg.AuthOrigin() {
+		return errors.New("auth_host and public_port cannot change on reload: restart the edge")
+	}
+	st, err := e.compile(ctx, cfg, e.version+1)
+	if err != nil {
+		e.metrics.reloads.WithLabelValues("rejected").Inc()
+		return fmt.Errorf("config rejected: %w", err)
+	}
+	e.version++
+	old := e.state.Swap(st)
+	e.metrics.reloads.WithLabelValues("applied").Inc()
+	e.metrics.configVersion.Set(float64(st.Version))
+	if old != nil {
+		e.live.reevaluate(st.policy, "policy changed")
+		old.close()
+	}
+	return nil
+}
+
+// State returns the current state.
+func (e *Edge) State() *State { return e.state.Load() }
+
+// Sessions returns the session keeper (admin actions, tests).
+func (e *Edge) Sessions() *authn.Sessions { return e.sessions }
+
+// GetCertificate serves the certificate of the current state, so a reload
+// can replace it without restarting listeners.
+func (e *Edge) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	if c := e.state.Load().cert; c != nil {
+		return c, nil
+	}
+	return nil, errors.New("no server certificate configured")
+}
+
+// Close stops background work of the current state and waits for it.
+func (e *Edge) Close() {
+	e.live.closeAll("edge shutting down")
+	if st := e.state.Load(); st != nil {
+		st.close()
+	}
+	e.sessions.Wait()
+}

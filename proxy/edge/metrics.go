@@ -1,0 +1,66 @@
+package edge
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Protocol label values for the connection metrics.
+const (
+	protoH1 = "h1"
+	protoH2 = "h2"
+	protoH3 = "h3"
+)
+
+type metrics struct {
+	open      *prometheus.GaugeVec   // ztna_edge_connections_open{proto}
+	maxClosed *prometheus.CounterVec // ztna_edge_connections_max_duration_closed_total{proto}
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		open: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ztna_edge_connections_open",
+			Help: "Client connections open on the edge after the TLS handshake, by protocol (h1, h2, h3). Hijacked (WebSocket) connections count until they close.",
+		}, []string{"proto"}),
+		maxClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ztna_edge_connections_max_duration_closed_total",
+			Help: "Client connections told to close (Connection: close / GOAWAY) or closed while idle because they outlived listen.max_connection_duration, by protocol.",
+		}, []string{"proto"}),
+	}
+	// Initialise the label values so dashboards see zeros, not gaps.
+	for _, p := range []string{protoH1, protoH2, protoH3} {
+		m.open.WithLabelValues(p)
+		m.maxClosed.WithLabelValues(p)
+	}
+	if reg == nil {
+		return m, nil
+	}
+	var err error
+	if m.open, err = register(reg, m.open); err != nil {
+		return nil, err
+	}
+	if m.maxClosed, err = register(reg, m.maxClosed); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// register registers c, or returns the collector already registered under the
+// same descriptor, so a second Server on the same registry (a restart in the
+// same process) shares the series instead of failing.
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	err := reg.Register(c)
+	if err == nil {
+		return c, nil
+	}
+	if are, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok {
+		if existing, ok := are.ExistingCollector.(C); ok {
+			return existing, nil
+		}
+	}
+	var zero C
+	return zero, fmt.Errorf("edge: register metrics: %w", err)
+}

@@ -1,0 +1,176 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"sync"
+
+	"github.com/ztna-dev/ztna/authn"
+	"github.com/ztna-dev/ztna/groups"
+	"github.com/ztna-dev/ztna/internal/httperr"
+	"github.com/ztna-dev/ztna/proxy/identity"
+)
+
+// Identity headers the edge sets for apps. Apps that can should verify
+// identity.HeaderName instead of trusting these plain ones.
+const (
+	HeaderUser   = "X-Forwarded-User"
+	HeaderEmail  = "X-Forwarded-Email"
+	HeaderGroups = "X-Forwarded-Groups"
+)
+
+// forwardKey carries the per-request identity from the pipeline to Rewrite.
+type forwardKey struct{}
+
+type forwardInfo struct {
+	id     *assertion
+	live   *liveEntry
+	cancel context.CancelCauseFunc
+}
+
+// forward sends r to the app with the edge's identity attached. Long-lived
+// exchanges (WebSockets, streamed responses) are registered so a trust
+// change can cut them off.
+func (e *Edge) forward(w http.ResponseWriter, r *http.Request, st *State, a *app, sess *authn.Session, req groups.Request) {
+	id, err := e.assertions.get(e.signer, sess, a.Name, st.Config.assertionTTL())
+	if err != nil {
+		e.fail(w, r, &httperr.Error{Status: http.StatusInternalServerError, Code: "identity_unavailable",
+			Title: "Something went wrong", Message: "The access proxy could not sign your identity for this app.", Cause: err})
+		return
+	}
+	ctx, cancel := context.WithCancelCause(r.Context())
+	info := &forwardInfo{id: id, cancel: cancel, live: &liveEntry{sessKey: sess.Key, req: req, cancel: cancel}}
+	defer func() {
+		e.live.unregister(info.live)
+		cancel(nil)
+	}()
+	a.proxy.ServeHTTP(w, r.WithContext(context.WithValue(ctx, forwardKey{}, info)))
+}
+
+// bufferPool recycles the 32 KiB copy buffers of every reverse proxy.
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte  { return *(b.p.Get().(*[]byte)) }
+func (b *bufferPool) Put(v []byte) { b.p.Put(&v) }
+
+var copyBuffers = &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+
+func (e *Edge) newReverseProxy(a *app) *httputil.ReverseProxy {
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			info := pr.In.Context().Value(forwardKey{}).(*forwardInfo)
+			// Identity never comes from the client: drop every copy first,
+			// then set the edge's own.
+			StripClientIdentity(pr.Out.Header)
+			pr.SetURL(a.upstream)
+			if a.PreserveHost {
+				pr.Out.Host = pr.In.Host
+			}
+			pr.SetXForwarded()
+			h := pr.Out.Header
+			h[HeaderUser] = info.id.user
+			if info.id.email != nil {
+				h[HeaderEmail] = info.id.email
+			}
+			if info.id.groups != nil {
+				h[HeaderGroups] = info.id.groups
+			}
+			h[identity.HeaderName] = info.id.token
+		},
+		Transport:  a.transport,
+		BufferPool: copyBuffers,
+		ModifyResponse: func(resp *http.Response) error {
+			// Upgraded connections and streamed bodies live on: register
+			// them so revocation or a policy change can close them.
+			if resp.StatusCode == http.StatusSwitchingProtocols || resp.ContentLength < 0 {
+				info := resp.Request.Context().Value(forwardKey{}).(*forwardInfo)
+				e.live.register(info.live)
+			}
+			return nil
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if errors.Is(err, context.Canceled) {
+				if cause := context.Cause(r.Context()); cause != nil && !errors.Is(cause, context.Canceled) {
+					e.logger.Info("connection closed by the edge", "app", a.Name, "reason", cause.Error())
+				}
+				return
+			}
+			e.fail(w, r, &httperr.Error{Status: http.StatusBadGateway, Code: "app_unavailable", Title: "App unavailable",
+				Message: "The app did not answer the access proxy.", Hint: "Try again in a moment; if it persists, the app's owners need to know.", Cause: err})
+		},
+		ErrorLog: nil,
+	}
+}
+
+// Cookies the edge owns; apps never see them.
+var edgeCookies = []string{authn.SessionCookie, "__Host-ztna_bind", "__Host-ztna_hb"}
+
+// StripClientIdentity removes from h every header through which a client
+// could claim an identity or a network origin to an app, and the edge's own
+// cookies. It runs before the edge sets its headers, and after net/http has
+// removed the hop-by-hop headers named in Connection, so naming an identity
+// header in Connection cannot remove the edge's copy.
+func StripClientIdentity(h http.Header) {
+	for k := range h {
+		if isIdentityHeader(k) {
+			delete(h, k)
+		}
+	}
+	if cs := h["Cookie"]; len(cs) > 0 {
+		stripEdgeCookies(h, cs)
+	}
+}
+
+func isIdentityHeader(k string) bool {
+	switch k {
+	case "Forwarded", "X-Real-Ip", "X-Client-Ip", "True-Client-Ip", "Cf-Connecting-Ip",
+		"X-Remote-User", "X-Remote-Addr", "X-Original-Url", "X-Rewrite-Url", "X-Original-Forwarded-For",
+		"X-Cluster-Client-Ip", "Client-Ip", "X-Proxyuser-Ip":
+		return true
+	}
+	return hasFoldPrefix(k, "X-Forwarded-") || hasFoldPrefix(k, "X-Ztna-") || hasFoldPrefix(k, "X-Auth-Request-")
+}
+
+func hasFoldPrefix(s, prefix string) bool {
+	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
+}
+
+func stripEdgeCookies(h http.Header, values []string) {
+	found := false
+	for _, v := range values {
+		if strings.Contains(v, "ztna_") {
+			found = true
+			break
+		}
+	}
+	if !found {
+		return
+	}
+	var kept []string
+	for _, v := range values {
+		var parts []string
+		for _, c := range strings.Split(v, ";") {
+			name, _, _ := strings.Cut(strings.TrimSpace(c), "=")
+			isEdge := false
+			for _, ec := range edgeCookies {
+				if name == ec {
+					isEdge = true
+				}
+			}
+			if !isEdge && strings.TrimSpace(c) != "" {
+				parts = append(parts, strings.TrimSpace(c))
+			}
+		}
+		if len(parts) > 0 {
+			kept = append(kept, strings.Join(parts, "; "))
+		}
+	}
+	if len(kept) == 0 {
+		delete(h, "Cookie")
+		return
+	}
+	h["Cookie"] = kept
+}

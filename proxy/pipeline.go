@@ -1,0 +1,144 @@
+package proxy
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/ztna-dev/ztna/authn"
+	"github.com/ztna-dev/ztna/groups"
+	"github.com/ztna-dev/ztna/internal/audit"
+	"github.com/ztna-dev/ztna/internal/httperr"
+	"github.com/ztna-dev/ztna/web"
+)
+
+// JWKSPath is where the auth host publishes the keys that verify assertions.
+const JWKSPath = "/.well-known/ztna/jwks.json"
+
+// ServeHTTP is the request pipeline. Its steps run in this order and only
+// here:
+//
+//  1. route     the host (and path prefix) names an app, or the edge itself
+//  2. identify  the session cookie names a live session (authn)
+//  3. device    the client certificate names an enrolled device (issue 5)
+//  4. posture   the device's latest signed report satisfies the app (issue 5)
+//  5. authorize the app's policy allows this user, method and path (groups)
+//  6. forward   to the app, with the client's identity headers replaced by
+//     the edge's signed ones
+//
+// Every step fails closed, and every decision is audited once.
+func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	st := e.state.Load()
+
+	// 1. route
+	host := strings.ToLower(r.Host)
+	if host == st.authHost || strings.HasPrefix(r.URL.Path, authn.ReservedPrefix) {
+		e.serveEdge(w, r, st, host == st.authHost)
+		return
+	}
+	a := st.route(host, r.URL.Path)
+	if a == nil {
+		e.fail(w, r, httperr.New(http.StatusNotFound, "unknown_app", "No app is served at this address."))
+		return
+	}
+	if err := CanonicalPath(r.URL.EscapedPath()); err != nil {
+		e.fail(w, r, httperr.BadRequest("This address contains a path the access proxy does not accept (.., //, encoded slashes or control characters).", err))
+		return
+	}
+
+	// 2. identify
+	sess, err := st.auth.Authenticate(r)
+	if err != nil {
+		if !errors.Is(err, authn.ErrNoSession) {
+			e.logger.Error("session lookup failed", "app", a.Name, "err", err)
+			e.fail(w, r, &httperr.Error{Status: http.StatusServiceUnavailable, Code: "session_unavailable",
+				Title: "Temporarily unavailable", Message: "Your session could not be checked.", Hint: "Try again in a moment.", Cause: err})
+			return
+		}
+		e.record(r, a, nil, groups.Decision{Reason: "not signed in"}, start)
+		if err := st.auth.Unauthenticated(w, r, web.WantsHTML(r)); err != nil {
+			e.fail(w, r, err)
+		}
+		return
+	}
+
+	// 3–4. device and posture checks join here with device trust.
+
+	// 5. authorize
+	req := groups.Request{
+		App:     a.Name,
+		Subject: groups.Subject{User: sess.Identity.Subject, Email: sess.Identity.Email, Groups: sess.Identity.Groups},
+		Method:  r.Method,
+		Path:    r.URL.Path,
+	}
+	d := st.policy.Decide(req)
+	e.record(r, a, sess, d, start)
+	if !d.Allow {
+		e.fail(w, r, &httperr.Error{Status: http.StatusForbidden, Code: "access_denied", Title: "Access denied",
+			Message: d.Reason, Rule: d.Rule,
+			Hint: "If you need this app for your work, ask your manager or IT to grant your group access."})
+		return
+	}
+
+	// 6. forward
+	e.forward(w, r, st, a, sess, req)
+}
+
+// serveEdge answers the edge's own endpoints: login and logout flows, the
+// JWKS, and page assets.
+func (e *Edge) serveEdge(w http.ResponseWriter, r *http.Request, st *State, authHost bool) {
+	switch {
+	case strings.HasPrefix(r.URL.Path, web.AssetPrefix):
+		e.assets.ServeHTTP(w, r)
+		return
+	case authHost && r.URL.Path == JWKSPath:
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "public, max-age=300")
+		_, _ = w.Write(e.jwks)
+		return
+	case !strings.HasPrefix(r.URL.Path, authn.ReservedPrefix):
+		e.fail(w, r, httperr.New(http.StatusNotFound, "not_found", "This is the sign-in service of the access proxy. Open an app to use it."))
+		return
+	}
+	if !authHost && !st.isAppHost(strings.ToLower(r.Host)) {
+		e.fail(w, r, httperr.New(http.StatusNotFound, "unknown_app", "No app is served at this address."))
+		return
+	}
+	if err := st.auth.ServeReserved(w, r, authHost); err != nil {
+		e.fail(w, r, err)
+	}
+}
+
+// fail renders err in the one place errors are rendered, and logs the
+// internal cause.
+func (e *Edge) fail(w http.ResponseWriter, r *http.Request, err error) {
+	he := httperr.As(err)
+	if he.Cause != nil {
+		lvl := e.logger.Info
+		if he.Status >= 500 {
+			lvl = e.logger.Error
+		}
+		lvl("request failed", "host", r.Host, "method", r.Method, "path", r.URL.Path, "status", he.Status, "code", he.Code, "err", he.Cause)
+	}
+	e.pages.Error(w, r, he)
+}
+
+// record emits the one audit event and the metrics of a decision.
+func (e *Edge) record(r *http.Request, a *app, sess *authn.Session, d groups.Decision, start time.Time) {
+	dec := "deny"
+	if d.Allow {
+		dec = "allow"
+	}
+	lat := time.Since(start)
+	ev := audit.Event{
+		Time: start, Kind: "request", App: a.Name, Method: r.Method, Host: r.Host, Path: r.URL.Path,
+		Source: r.RemoteAddr, Decision: dec, Rule: d.Rule, Reason: d.Reason, Latency: lat,
+	}
+	if sess != nil {
+		ev.User, ev.Email, ev.Session = sess.Identity.Subject, sess.Identity.Email, sess.Ref()
+	}
+	e.opts.Audit.Record(ev)
+	e.metrics.observe(a.Name, dec, lat)
+}

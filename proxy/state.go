@@ -1,0 +1,160 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ztna-dev/ztna/authn"
+	"github.com/ztna-dev/ztna/groups"
+)
+
+// State is one compiled, immutable version of the configuration: routes,
+// policy, upstream transports, the login service and the certificate. A
+// request loads it once and uses that version throughout; a reload builds a
+// new one beside the old and swaps it in whole.
+type State struct {
+	Version uint64
+	Config  *Config
+
+	authHost string // host[:port] as browsers write it
+	hosts    map[string][]*app
+	policy   groups.Authorizer
+	auth     *authn.Service
+	cert     *tls.Certificate
+}
+
+// app is one compiled app.
+type app struct {
+	AppConfig
+	hostPort  string
+	upstream  *url.URL
+	transport *http.Transport
+	proxy     *httputil.ReverseProxy
+}
+
+// route returns the app serving host (as sent by the client) and path.
+func (s *State) route(host, path string) *app {
+	for _, a := range s.hosts[strings.ToLower(host)] {
+		if a.PathPrefix == "/" || path == a.PathPrefix || strings.HasPrefix(path, strings.TrimSuffix(a.PathPrefix, "/")+"/") {
+			return a
+		}
+	}
+	return nil
+}
+
+// isAppHost reports whether hostport is an app host as browsers write it.
+func (s *State) isAppHost(hostport string) bool {
+	return len(s.hosts[strings.ToLower(hostport)]) > 0
+}
+
+// compile turns a validated config into a State. It performs the I/O a
+// config needs (OIDC discovery, reading certificates) so that a bad config
+// fails here, before anything is swapped.
+func (e *Edge) compile(ctx context.Context, cfg *Config, version uint64) (*State, error) {
+	st := &State{Version: version, Config: cfg, hosts: map[string][]*app{}}
+	st.authHost = cfg.hostPort(cfg.AuthHost)
+	pol, err := groups.Compile(appRules(cfg.Apps))
+	if err != nil {
+		return nil, fmt.Errorf("compile policy: %w", err)
+	}
+	st.policy = pol
+	if cfg.TLS.CertFile != "" {
+		c, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("tls: %w", err)
+		}
+		st.cert = &c
+	}
+	for _, ac := range cfg.Apps {
+		a, err := e.compileApp(ac, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("app %q: %w", ac.Name, err)
+		}
+		st.hosts[a.hostPort] = append(st.hosts[a.hostPort], a)
+	}
+	for _, list := range st.hosts {
+		sort.Slice(list, func(i, j int) bool { return len(list[i].PathPrefix) > len(list[j].PathPrefix) })
+	}
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	rp, err := authn.NewRelyingParty(dctx, cfg.OIDC, cfg.AuthOrigin()+authn.PathCallback, e.opts.IdPClient)
+	if err != nil {
+		return nil, err
+	}
+	st.auth = authn.NewService(rp, e.sessions, e.opts.Store, authn.ServiceOptions{
+		AuthOrigin: cfg.AuthOrigin(),
+		IsAppHost:  st.isAppHost,
+		Pages:      e.pages,
+		Logger:     e.logger,
+	})
+	return st, nil
+}
+
+func (e *Edge) compileApp(ac AppConfig, cfg *Config) (*app, error) {
+	u, err := url.Parse(ac.Upstream)
+	if err != nil {
+		return nil, fmt.Errorf("upstream: %w", err)
+	}
+	a := &app{AppConfig: ac, hostPort: cfg.hostPort(ac.Host), upstream: u}
+	a.transport = newUpstreamTransport()
+	if ac.UpstreamCAFile != "" {
+		pem, err := os.ReadFile(ac.UpstreamCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("upstream_ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("upstream_ca_file %s: no PEM certificates", ac.UpstreamCAFile)
+		}
+		a.transport.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	a.proxy = e.newReverseProxy(a)
+	return a, nil
+}
+
+// newUpstreamTransport is the tuned keep-alive pool used for every app: the
+// defaults (2 idle conns per host) would open a new connection for most
+// requests under load.
+func newUpstreamTransport() *http.Transport {
+	return &http.Transport{
+		Proxy: nil, // never send app traffic through an environment proxy
+		DialContext: (&net.Dialer{
+			Timeout:   10 * time.Second,
+			KeepAlive: 30 * time.Second,
+		}).DialContext,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   256,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: 60 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		MaxResponseHeaderBytes: 64 << 10,
+		WriteBufferSize:       32 << 10,
+		ReadBufferSize:        32 << 10,
+	}
+}
+
+// close releases what the state owns once no request uses it any more.
+func (s *State) close() {
+	for _, list := range s.hosts {
+		for _, a := range list {
+			a.transport.CloseIdleConnections()
+		}
+	}
+	if s.auth != nil {
+		s.auth.Close()
+	}
+}
+
+func portString(p int) string { return strconv.Itoa(p) }

@@ -1,0 +1,153 @@
+// Package web renders what people see of ztna: the deny and error pages, the
+// sign-out pages, and (later) the admin console. Pages are html/template only,
+// served with a strict Content-Security-Policy and frame-ancestors 'none'.
+//
+// Everything user-facing about a failed request is rendered here, in one
+// place: HTML for browser navigations, JSON for XHR, API and WebSocket
+// clients. web never decides access and never imports the proxy, authn or
+// groups packages; it renders the values it is given.
+package web
+
+import (
+	"bytes"
+	"embed"
+	"encoding/json"
+	"html/template"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/ztna-dev/ztna/internal/httperr"
+)
+
+//go:embed templates/*.html
+var templateFS embed.FS
+
+//go:embed assets
+var assetFS embed.FS
+
+// AssetPrefix is the path under which the edge serves the pages' static
+// files on every host (the /.ztna/ prefix is reserved by the edge).
+const AssetPrefix = "/.ztna/assets/"
+
+// ContentSecurityPolicy is sent with every page ztna renders itself.
+const ContentSecurityPolicy = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self' https:; base-uri 'none'; frame-ancestors 'none'"
+
+// Pages renders ztna's own pages.
+type Pages struct {
+	tmpl   *template.Template
+	logger *slog.Logger
+}
+
+// New parses the embedded templates. It panics only if the embedded
+// templates are broken, which the package tests rule out.
+func New(logger *slog.Logger) *Pages {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	t := template.Must(template.New("").ParseFS(templateFS, "templates/*.html"))
+	return &Pages{tmpl: t, logger: logger}
+}
+
+// Assets serves the static files under AssetPrefix.
+func (p *Pages) Assets() http.Handler {
+	sub, err := fs.Sub(assetFS, "assets")
+	if err != nil {
+		panic(err)
+	}
+	fsrv := http.StripPrefix(AssetPrefix, http.FileServerFS(sub))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "public, max-age=3600")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		fsrv.ServeHTTP(w, r)
+	})
+}
+
+// WantsHTML reports whether r is a browser navigation that should get an
+// HTML page (and may be redirected), rather than a JSON answer. Fetch/XHR,
+// API clients and WebSocket upgrades get JSON and are never redirected.
+func WantsHTML(r *http.Request) bool {
+	if r.Header.Get("Upgrade") != "" {
+		return false
+	}
+	if r.Header.Get("X-Requested-With") != "" {
+		return false
+	}
+	if mode := r.Header.Get("Sec-Fetch-Mode"); mode != "" {
+		return mode == "navigate"
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return false
+	}
+	accept := r.Header.Get("Accept")
+	return strings.Contains(accept, "text/html")
+}
+
+// setPageHeaders marks a response as a ztna page: never cached, never framed.
+func setPageHeaders(h http.Header) {
+	h.Set("Content-Security-Policy", ContentSecurityPolicy)
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("Cache-Control", "no-store")
+}
+
+// errorBody is the JSON form of an error.
+type errorBody struct {
+	Error    string `json:"error"`
+	Message  string `json:"message"`
+	Hint     string `json:"hint,omitempty"`
+	Rule     string `json:"rule,omitempty"`
+	LoginURL string `json:"login_url,omitempty"`
+}
+
+// Error renders e for r: an HTML page for browser navigations, JSON
+// otherwise. The cause is never rendered.
+func (p *Pages) Error(w http.ResponseWriter, r *http.Request, e *httperr.Error) {
+	h := w.Header()
+	if e.Status == http.StatusUnauthorized && e.LoginURL != "" {
+		h.Set("WWW-Authenticate", `Bearer realm="ztna"`)
+	}
+	if !WantsHTML(r) {
+		h.Set("Content-Type", "application/json")
+		h.Set("Cache-Control", "no-store")
+		h.Set("X-Content-Type-Options", "nosniff")
+		w.WriteHeader(e.Status)
+		_ = json.NewEncoder(w).Encode(errorBody{Error: e.Code, Message: e.Message, Hint: e.Hint, Rule: e.Rule, LoginURL: e.LoginURL})
+		return
+	}
+	title := e.Title
+	if title == "" {
+		title = http.StatusText(e.Status)
+	}
+	p.render(w, e.Status, "error.html", map[string]any{
+		"Title": title, "Status": e.Status, "Code": e.Code, "Message": e.Message,
+		"Hint": e.Hint, "Rule": e.Rule, "LoginURL": e.LoginURL,
+	})
+}
+
+// SignOut renders the sign-out confirmation: a form that POSTs to action
+// carrying the CSRF token.
+func (p *Pages) SignOut(w http.ResponseWriter, action, csrfToken, user string) {
+	p.render(w, http.StatusOK, "signout.html", map[string]any{"Action": action, "CSRF": csrfToken, "User": user})
+}
+
+// SignedOut renders the page shown after a local sign-out.
+func (p *Pages) SignedOut(w http.ResponseWriter) {
+	p.render(w, http.StatusOK, "signedout.html", nil)
+}
+
+func (p *Pages) render(w http.ResponseWriter, status int, name string, data any) {
+	var buf bytes.Buffer
+	if err := p.tmpl.ExecuteTemplate(&buf, name, data); err != nil {
+		p.logger.Error("render page", "template", name, "err", err)
+		status = http.StatusInternalServerError
+		buf.Reset()
+		buf.WriteString("internal error\n")
+	}
+	setPageHeaders(w.Header())
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(status)
+	_, _ = w.Write(buf.Bytes())
+}
