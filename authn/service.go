@@ -473,7 +473,6 @@ func secureEqual(a, b string) bool {
 	return len(a) == len(b) && subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1
 }
 
-
 func isHexHash(s string) bool {
 	if len(s) != 64 {
 		return false

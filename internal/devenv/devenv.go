@@ -187,7 +187,6 @@ func Start(ctx context.Context, o Options) (env *Env, err error) {
 		return errors.Join(err, idp.Close())
 	})
 
-
 	whoamiLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -281,7 +280,9 @@ func (e *Env) Client() (*http.Client, error) {
 	return &http.Client{Transport: tr, Timeout: 15 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}, nil
 }
 
-func hasSuffix(s, suffix string) bool { return len(s) > len(suffix) && s[len(s)-len(suffix):] == suffix }
+func hasSuffix(s, suffix string) bool {
+	return len(s) > len(suffix) && s[len(s)-len(suffix):] == suffix
+}
 
 func withDefaults(o Options) Options {
 	if o.Listen == "" {
