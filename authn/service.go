@@ -134,7 +134,17 @@ func (s *Service) Unauthenticated(w http.ResponseWriter, r *http.Request, wantsH
 	if !wantsHTML || (r.Method != http.MethodGet && r.Method != http.MethodHead) {
 		return e
 	}
-	hb := randomToken()
+	// Reuse the browser's binding if it has one, so several tabs signing in
+	// at once all complete.
+	hb := ""
+	if c, err := r.Cookie(handoffBindCookie); err == nil {
+		if _, ok := ParseSessionID(c.Value); ok {
+			hb = c.Value
+		}
+	}
+	if hb == "" {
+		hb = randomToken()
+	}
 	setCookie(w, handoffBindCookie, hb, loginStateTTL)
 	http.Redirect(w, r, e.LoginURL+"&hb="+hashKey(hb), http.StatusFound)
 	return nil
@@ -319,7 +329,8 @@ func (s *Service) handoff(w http.ResponseWriter, r *http.Request) error {
 		return httperr.BadRequest("Your session ended before sign-in finished. Open the app again to sign in.", err)
 	}
 	setCookie(w, SessionCookie, sess.ID, sess.ExpiresAt.Sub(s.opts.Now()))
-	clearCookie(w, handoffBindCookie)
+	// The binding cookie stays until it expires: other tabs of this
+	// browser may still be completing their own handoffs.
 	w.Header().Set("Referrer-Policy", "no-referrer")
 	http.Redirect(w, r, path, http.StatusFound)
 	return nil

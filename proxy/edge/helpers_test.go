@@ -99,7 +99,10 @@ func startEnv(t *testing.T, cfg Config, h http.Handler, opts Options, tweak func
 	tc := newTestCert(t)
 	reg := prometheus.NewRegistry()
 	opts.Handler = h
-	opts.TLSConfig = &tls.Config{Certificates: []tls.Certificate{tc.cert}}
+	if opts.TLSConfig == nil {
+		opts.TLSConfig = &tls.Config{}
+	}
+	opts.TLSConfig.Certificates = []tls.Certificate{tc.cert}
 	opts.Registerer = reg
 	opts.Metrics = reg
 	if opts.Logger == nil {

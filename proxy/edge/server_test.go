@@ -69,14 +69,39 @@ func TestHTTP3Off(t *testing.T) {
 	}
 }
 
-func TestTLSMinVersion(t *testing.T) {
-	e := startEnv(t, fastConfig(), okHandler, Options{}, nil)
-	conn, err := tls.Dial("tcp", e.s.Addr().String(), &tls.Config{
-		RootCAs: e.tc.pool, MaxVersion: tls.VersionTLS11, MinVersion: tls.VersionTLS10,
-	})
-	if err == nil {
-		conn.Close()
-		t.Fatal("TLS 1.1 handshake succeeded; want refused")
+func TestTLSSettings(t *testing.T) {
+	e := startEnv(t, fastConfig(), okHandler, Options{TLSConfig: &tls.Config{NextProtos: []string{"acme-tls/1"}}}, nil)
+	tests := []struct {
+		name      string
+		conf      *tls.Config
+		wantErr   bool
+		wantProto string
+	}{
+		{"TLS 1.1 refused", &tls.Config{MaxVersion: tls.VersionTLS11, MinVersion: tls.VersionTLS10}, true, ""},
+		{"TLS 1.2 accepted", &tls.Config{MaxVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}}, false, "h2"},
+		{"http/1.1 offered", &tls.Config{NextProtos: []string{"http/1.1"}}, false, "http/1.1"},
+		{"caller's extra ALPN kept", &tls.Config{NextProtos: []string{"acme-tls/1"}}, false, "acme-tls/1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			conf := tt.conf.Clone()
+			conf.RootCAs = e.tc.pool
+			conn, err := tls.Dial("tcp", e.s.Addr().String(), conf)
+			if tt.wantErr {
+				if err == nil {
+					conn.Close()
+					t.Fatal("handshake succeeded, want refused")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			if got := conn.ConnectionState().NegotiatedProtocol; got != tt.wantProto {
+				t.Errorf("ALPN %q, want %q", got, tt.wantProto)
+			}
+		})
 	}
 }
 

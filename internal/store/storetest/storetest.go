@@ -374,7 +374,7 @@ func testTakeConcurrent(t *testing.T, s store.Store) {
 			t.Fatalf("round %d: Take errors other than ErrNotFound: %v", round, errs)
 		}
 		if len(got) != 1 || got[0] != "the-value" {
-			t.Fatalf("round %d: %d concurrent Takes got %q; want exactly one \"the-value\"", round, n, got)
+			t.Fatalf("round %d: %d of %d concurrent Takes got a value (%.40q); want exactly one \"the-value\"", round, len(got), n, got)
 		}
 		wantMissing(t, s, "codes", key)
 	}
