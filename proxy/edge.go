@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"reflect"
 	"sync"
 	"sync/atomic"
 
@@ -85,8 +86,13 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Edge, error) {
 func (e *Edge) Apply(ctx context.Context, cfg *Config) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if old := e.state.Load(); old != nil && old.Config.AuthOrigin() != cfg.AuthOrigin() {
-		return errors.New("auth_host and public_port cannot change on reload: restart the edge")
+	if old := e.state.Load(); old != nil {
+		if old.Config.AuthOrigin() != cfg.AuthOrigin() {
+			return errors.New("config rejected: auth_host and public_port cannot change on reload: restart the edge")
+		}
+		if !reflect.DeepEqual(old.Config.Listen, cfg.Listen) {
+			return errors.New("config rejected: listen settings cannot change on reload: restart the edge")
+		}
 	}
 	st, err := e.compile(ctx, cfg, e.version+1)
 	if err != nil {

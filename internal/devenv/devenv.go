@@ -60,8 +60,8 @@ type Options struct {
 	// Audit receives audit events as JSON lines; nil → Logger's output is
 	// not used, events are discarded.
 	Audit io.Writer
-	// DrainDelay and GraceTimeout of the edge. 0 → 0 (dev stops at once)
-	// and 5s.
+	// DrainDelay and GraceTimeout of the edge. 0 → none (dev stops at
+	// once) and 5s.
 	DrainDelay   time.Duration
 	GraceTimeout time.Duration
 	// Registry for metrics; nil → a fresh registry.
@@ -299,6 +299,11 @@ func withDefaults(o Options) Options {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.DrainDelay == 0 {
+		// Nobody load-balances onto a dev machine: stop at once (the edge
+		// reads 0 as "default", so ask for the smallest delay instead).
+		o.DrainDelay = time.Nanosecond
 	}
 	if o.GraceTimeout == 0 {
 		o.GraceTimeout = 5 * time.Second
