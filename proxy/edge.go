@@ -83,9 +83,14 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Edge, error) {
 // Apply compiles cfg and, only if that fully succeeds, makes it the current
 // state. Live connections that the new policy no longer allows are closed.
 // On error the old state keeps serving.
-func (e *Edge) Apply(ctx context.Context, cfg *Config) error {
+func (e *Edge) Apply(ctx context.Context, cfg *Config) (err error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	defer func() {
+		if err != nil {
+			e.metrics.reloads.WithLabelValues("rejected").Inc()
+		}
+	}()
 	if old := e.state.Load(); old != nil {
 		if old.Config.AuthOrigin() != cfg.AuthOrigin() {
 			return errors.New("config rejected: auth_host and public_port cannot change on reload: restart the edge")
@@ -96,7 +101,6 @@ func (e *Edge) Apply(ctx context.Context, cfg *Config) error {
 	}
 	st, err := e.compile(ctx, cfg, e.version+1)
 	if err != nil {
-		e.metrics.reloads.WithLabelValues("rejected").Inc()
 		return fmt.Errorf("config rejected: %w", err)
 	}
 	e.version++
