@@ -302,6 +302,7 @@ func joinKey(path, key string) string {
 // fields) and without the path.
 func (d *Doc) checkDuplicateKeys() error {
 	var errs []error
+	dups := 0
 	d.visit(func(path string, _, n *yaml.Node) bool {
 		if n.Kind != yaml.MappingNode {
 			return true
@@ -313,6 +314,10 @@ func (d *Doc) checkDuplicateKeys() error {
 				continue
 			}
 			if first, dup := seen[kn.Value]; dup {
+				dups++
+				if dups > maxErrors {
+					continue
+				}
 				errs = append(errs, &FieldError{File: d.name, Line: kn.Line, Field: joinKey(path, kn.Value),
 					Msg: fmt.Sprintf("duplicate key (first set on line %d)", first)})
 				continue
@@ -321,6 +326,9 @@ func (d *Doc) checkDuplicateKeys() error {
 		}
 		return true
 	})
+	if dups > maxErrors {
+		errs = append(errs, d.more(dups-maxErrors))
+	}
 	return errors.Join(errs...)
 }
 
@@ -354,10 +362,22 @@ func (d *Doc) decodeError(err error, t reflect.Type) error {
 		return &FieldError{File: d.name, Msg: strings.TrimPrefix(err.Error(), "yaml: ")}
 	}
 	var errs []error
-	for _, e := range te.Errors {
+	for i, e := range te.Errors {
+		if i == maxErrors {
+			errs = append(errs, d.more(len(te.Errors)-i))
+			break
+		}
 		errs = append(errs, d.typeError(e, t))
 	}
 	return errors.Join(errs...)
+}
+
+// maxErrors bounds the errors reported for one file: each costs a walk of
+// the document, and nobody reads the hundredth.
+const maxErrors = 10
+
+func (d *Doc) more(n int) *FieldError {
+	return &FieldError{File: d.name, Msg: fmt.Sprintf("and %d more errors", n)}
 }
 
 func (d *Doc) typeError(e string, t reflect.Type) *FieldError {
