@@ -152,7 +152,13 @@ func (c *Config) validate(doc *config.Doc) error {
 
 func (c *Config) check() *fieldError {
 	if err := c.Listen.Validate(); err != nil {
-		return &fieldError{"listen", err.Error()}
+		// edge reports "listen.FIELD: msg" lines; point at the first.
+		first, _, _ := strings.Cut(err.Error(), "\n")
+		field, msg, ok := strings.Cut(first, ": ")
+		if !ok {
+			field, msg = "listen", first
+		}
+		return &fieldError{field, msg}
 	}
 	c.AuthHost = strings.ToLower(c.AuthHost)
 	if c.AuthHost == "" || !hostRE.MatchString(c.AuthHost) {
@@ -203,7 +209,7 @@ func (c *Config) check() *fieldError {
 		if a.PathPrefix == "" {
 			a.PathPrefix = "/"
 		}
-		if !strings.HasPrefix(a.PathPrefix, "/") || CanonicalPath(a.PathPrefix) != nil {
+		if !strings.HasPrefix(a.PathPrefix, "/") || strings.ContainsAny(a.PathPrefix, "%?#") || CanonicalPath(a.PathPrefix) != nil {
 			return &fieldError{at("path_prefix"), "must be a canonical path starting with /"}
 		}
 		if routes[a.Host+a.PathPrefix] {

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/http/httputil"
 	"strings"
@@ -22,14 +23,9 @@ const (
 	HeaderGroups = "X-Forwarded-Groups"
 )
 
-// forwardKey carries the per-request identity from the pipeline to Rewrite.
+// forwardKey carries the per-request *assertion from the pipeline to Rewrite.
 type forwardKey struct{}
 
-type forwardInfo struct {
-	id     *assertion
-	live   *liveEntry
-	cancel context.CancelCauseFunc
-}
 
 // forward sends r to the app with the edge's identity attached. Long-lived
 // exchanges (WebSockets, streamed responses) are registered so a trust
@@ -41,13 +37,17 @@ func (e *Edge) forward(w http.ResponseWriter, r *http.Request, st *State, a *app
 			Title: "Something went wrong", Message: "The access proxy could not sign your identity for this app.", Cause: err})
 		return
 	}
+	// Every forwarded exchange is registered for as long as it runs, so a
+	// revocation also stops a request still waiting for the app, a long
+	// download, a stream or a WebSocket.
 	ctx, cancel := context.WithCancelCause(r.Context())
-	info := &forwardInfo{id: id, cancel: cancel, live: &liveEntry{sessKey: sess.Key, req: req, cancel: cancel}}
+	live := &liveEntry{sessKey: sess.Key, req: req, cancel: cancel}
+	e.live.register(live)
 	defer func() {
-		e.live.unregister(info.live)
+		e.live.unregister(live)
 		cancel(nil)
 	}()
-	a.proxy.ServeHTTP(w, r.WithContext(context.WithValue(ctx, forwardKey{}, info)))
+	a.proxy.ServeHTTP(w, r.WithContext(context.WithValue(ctx, forwardKey{}, id)))
 }
 
 // bufferPool recycles the 32 KiB copy buffers of every reverse proxy.
@@ -61,7 +61,7 @@ var copyBuffers = &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 3
 func (e *Edge) newReverseProxy(a *app) *httputil.ReverseProxy {
 	return &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			info := pr.In.Context().Value(forwardKey{}).(*forwardInfo)
+			id := pr.In.Context().Value(forwardKey{}).(*assertion)
 			// Identity never comes from the client: drop every copy first,
 			// then set the edge's own.
 			StripClientIdentity(pr.Out.Header)
@@ -71,26 +71,17 @@ func (e *Edge) newReverseProxy(a *app) *httputil.ReverseProxy {
 			}
 			pr.SetXForwarded()
 			h := pr.Out.Header
-			h[HeaderUser] = info.id.user
-			if info.id.email != nil {
-				h[HeaderEmail] = info.id.email
+			h[HeaderUser] = id.user
+			if id.email != nil {
+				h[HeaderEmail] = id.email
 			}
-			if info.id.groups != nil {
-				h[HeaderGroups] = info.id.groups
+			if id.groups != nil {
+				h[HeaderGroups] = id.groups
 			}
-			h[identity.HeaderName] = info.id.token
+			h[identity.HeaderName] = id.token
 		},
 		Transport:  a.transport,
 		BufferPool: copyBuffers,
-		ModifyResponse: func(resp *http.Response) error {
-			// Upgraded connections and streamed bodies live on: register
-			// them so revocation or a policy change can close them.
-			if resp.StatusCode == http.StatusSwitchingProtocols || resp.ContentLength < 0 {
-				info := resp.Request.Context().Value(forwardKey{}).(*forwardInfo)
-				e.live.register(info.live)
-			}
-			return nil
-		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if errors.Is(err, context.Canceled) {
 				if cause := context.Cause(r.Context()); cause != nil && !errors.Is(cause, context.Canceled) {
@@ -101,7 +92,7 @@ func (e *Edge) newReverseProxy(a *app) *httputil.ReverseProxy {
 			e.fail(w, r, &httperr.Error{Status: http.StatusBadGateway, Code: "app_unavailable", Title: "App unavailable",
 				Message: "The app did not answer the access proxy.", Hint: "Try again in a moment; if it persists, the app's owners need to know.", Cause: err})
 		},
-		ErrorLog: nil,
+		ErrorLog: slog.NewLogLogger(e.logger.Handler(), slog.LevelWarn),
 	}
 }
 
@@ -124,18 +115,59 @@ func StripClientIdentity(h http.Header) {
 	}
 }
 
-func isIdentityHeader(k string) bool {
-	switch k {
-	case "Forwarded", "X-Real-Ip", "X-Client-Ip", "True-Client-Ip", "Cf-Connecting-Ip",
+// identityHeaders are stripped by exact name, identityPrefixes by prefix.
+// Both match case-insensitively and with "_" read as "-", since CGI, WSGI,
+// PHP and Rack turn X_Forwarded_User into the same variable as
+// X-Forwarded-User.
+var (
+	identityHeaders = []string{"Forwarded", "X-Real-Ip", "X-Client-Ip", "True-Client-Ip", "Cf-Connecting-Ip",
 		"X-Remote-User", "X-Remote-Addr", "X-Original-Url", "X-Rewrite-Url", "X-Original-Forwarded-For",
-		"X-Cluster-Client-Ip", "Client-Ip", "X-Proxyuser-Ip":
-		return true
+		"X-Cluster-Client-Ip", "Client-Ip", "X-Proxyuser-Ip"}
+	identityPrefixes = []string{"X-Forwarded-", "X-Ztna-", "X-Auth-Request-"}
+)
+
+func isIdentityHeader(k string) bool {
+	for _, p := range identityPrefixes {
+		if len(k) >= len(p) && headerNameEqual(k[:len(p)], p) {
+			return true
+		}
 	}
-	return hasFoldPrefix(k, "X-Forwarded-") || hasFoldPrefix(k, "X-Ztna-") || hasFoldPrefix(k, "X-Auth-Request-")
+	for _, h := range identityHeaders {
+		if headerNameEqual(k, h) {
+			return true
+		}
+	}
+	return false
 }
 
-func hasFoldPrefix(s, prefix string) bool {
-	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
+// headerNameEqual compares header names ignoring ASCII case and treating
+// "_" as "-", without allocating (it runs for every header of every request).
+func headerNameEqual(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if x == y {
+			continue
+		}
+		if x == '_' {
+			x = '-'
+		}
+		if y == '_' {
+			y = '-'
+		}
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
 }
 
 func stripEdgeCookies(h http.Header, values []string) {

@@ -10,7 +10,9 @@ var errPath = errors.New("non-canonical request path")
 // CanonicalPath accepts only paths that mean the same thing to the edge,
 // to its rules and to every app behind it: absolute, no "." or ".."
 // segments, no empty segments ("//"), no backslashes, no control
-// characters, no encoded "/", "\" , "." or NUL. Such tricks are how a
+// characters, no path parameters (";", which servlet containers strip:
+// "/admin;x=1" is "/admin" to them), no encoded "/", "\", ".", ";" or NUL.
+// Such tricks are how a
 // request for /admin is dressed up to pass a rule for /public; rather than
 // guess what the app would make of them, the edge refuses them.
 //
@@ -21,12 +23,12 @@ func CanonicalPath(raw string) error {
 	}
 	for i := 0; i < len(raw); i++ {
 		c := raw[i]
-		if c < 0x20 || c == 0x7f || c == '\\' {
+		if c < 0x20 || c == 0x7f || c == '\\' || c == ';' {
 			return errPath
 		}
 		if c == '%' && i+2 < len(raw) {
 			switch strings.ToLower(raw[i+1 : i+3]) {
-			case "2f", "5c", "2e", "00":
+			case "2f", "5c", "2e", "00", "3b":
 				return errPath
 			}
 		}
@@ -35,9 +37,7 @@ func CanonicalPath(raw string) error {
 	rest := raw[1:]
 	for rest != "" {
 		seg, after, found := strings.Cut(rest, "/")
-		// "..;x" is ".." to servlet containers that strip path parameters.
-		name, _, _ := strings.Cut(seg, ";")
-		if name == "." || name == ".." || (seg == "" && found) {
+		if seg == "." || seg == ".." || (seg == "" && found) {
 			return errPath
 		}
 		rest = after
