@@ -26,7 +26,6 @@ const (
 // forwardKey carries the per-request *assertion from the pipeline to Rewrite.
 type forwardKey struct{}
 
-
 // forward sends r to the app with the edge's identity attached. Long-lived
 // exchanges (WebSockets, streamed responses) are registered so a trust
 // change can cut them off.
