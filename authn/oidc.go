@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/coreos/go-oidc/v3/oidc"
 	"golang.org/x/oauth2"
@@ -65,6 +67,7 @@ type ClaimsConfig struct {
 const (
 	maxClaimValue = 256
 	maxGroups     = 200
+	maxIDToken    = 64 << 10
 )
 
 var forbiddenAlgs = []string{"none", "HS256", "HS384", "HS512"}
@@ -93,7 +96,11 @@ func (c Config) Validate(prefix string) error {
 }
 
 func isLoopback(host string) bool {
-	return host == "localhost" || host == "127.0.0.1" || host == "::1" || strings.HasPrefix(host, "127.")
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // Tokens are what a login or refresh returned, kept on the session.
@@ -232,6 +239,16 @@ func (rp *RelyingParty) EndSessionURL(idTokenHint, postLogoutRedirect string) st
 	return u.String()
 }
 
+// EndSessionOrigin is the scheme://host[:port] of the IdP's logout
+// endpoint, or "" when it has none.
+func (rp *RelyingParty) EndSessionOrigin() string {
+	u, err := url.Parse(rp.endSession)
+	if err != nil || rp.endSession == "" {
+		return ""
+	}
+	return u.Scheme + "://" + u.Host
+}
+
 // Exchange redeems an authorization code and returns the verified identity.
 func (rp *RelyingParty) Exchange(ctx context.Context, code, verifier, nonce string) (Identity, Tokens, error) {
 	ctx = oidc.ClientContext(ctx, rp.client)
@@ -278,6 +295,9 @@ func (rp *RelyingParty) identity(ctx context.Context, tok *oauth2.Token, nonce, 
 		}
 		// A refresh may omit the ID token; attributes then come from userinfo.
 		return rp.fromUserinfo(ctx, tok, wantSubject)
+	}
+	if len(raw) > maxIDToken {
+		return Identity{}, Tokens{}, fmt.Errorf("id token: oversized (%d bytes, limit %d)", len(raw), maxIDToken)
 	}
 	idt, err := rp.verifier.Verify(ctx, raw)
 	if err != nil {
@@ -414,7 +434,7 @@ func (c ClaimsConfig) identity(subject string, claims map[string]any) (Identity,
 		}
 		for _, v := range g {
 			s, ok := v.(string)
-			if !ok || s == "" || len(s) > maxClaimValue || strings.ContainsAny(s, ",\r\n") {
+			if !ok || s == "" || len(s) > maxClaimValue || strings.ContainsFunc(s, func(r rune) bool { return r == ',' || unicode.IsControl(r) }) {
 				return Identity{}, fmt.Errorf("claim %q: groups must be plain strings", gclaim)
 			}
 			id.Groups = append(id.Groups, s)

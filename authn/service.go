@@ -2,6 +2,9 @@ package authn
 
 import (
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
@@ -42,7 +45,11 @@ const (
 
 // Pages renders the sign-out pages (implemented by package web).
 type Pages interface {
-	SignOut(w http.ResponseWriter, action, csrfToken, user string)
+	// SignOut renders the confirmation form. redirectOrigin is where the
+	// form's response may redirect (the IdP's logout), "" for none: the
+	// page's form-action policy must allow it or browsers block the
+	// redirect.
+	SignOut(w http.ResponseWriter, action, csrfToken, user, redirectOrigin string)
 	SignedOut(w http.ResponseWriter)
 }
 
@@ -131,7 +138,7 @@ func (s *Service) Unauthenticated(w http.ResponseWriter, r *http.Request, wantsH
 	e.Title = "Sign in required"
 	e.Hint = "Open the login URL in a browser, then retry."
 	e.LoginURL = s.LoginURL(r)
-	if !wantsHTML || (r.Method != http.MethodGet && r.Method != http.MethodHead) {
+	if !wantsHTML || r.Header.Get("Upgrade") != "" || (r.Method != http.MethodGet && r.Method != http.MethodHead) {
 		return e
 	}
 	// Reuse the browser's binding if it has one, so several tabs signing in
@@ -181,12 +188,14 @@ type loginState struct {
 	Created    time.Time `json:"t"`
 }
 
-// handoffRecord carries a session from the auth host to one app host.
+// handoffRecord carries a session from the auth host to one app host. The
+// session ID is sealed with a key derived from the one-time code, which is
+// itself stored only as a hash: the store never holds a usable cookie.
 type handoffRecord struct {
-	SessionID string `json:"sid"`
-	Host      string `json:"host"`
-	Path      string `json:"path"`
-	BindHash  string `json:"hb"`
+	SealedID []byte `json:"sid"`
+	Host     string `json:"host"`
+	Path     string `json:"path"`
+	BindHash string `json:"hb"`
 }
 
 func (s *Service) login(w http.ResponseWriter, r *http.Request) error {
@@ -288,7 +297,11 @@ func (s *Service) redirectHandoff(w http.ResponseWriter, r *http.Request, sessio
 		return fmt.Errorf("parse validated return URL: %w", err)
 	}
 	code := randomToken()
-	rec, _ := json.Marshal(handoffRecord{SessionID: sessionID, Host: u.Host, Path: u.RequestURI(), BindHash: hb})
+	sealed, err := sealWithCode(code, sessionID)
+	if err != nil {
+		return fmt.Errorf("seal handoff: %w", err)
+	}
+	rec, _ := json.Marshal(handoffRecord{SealedID: sealed, Host: u.Host, Path: u.RequestURI(), BindHash: hb})
 	if err := s.st.Put(r.Context(), bucketHandoff, hashKey(code), rec, handoffTTL); err != nil {
 		return fmt.Errorf("store handoff: %w", err)
 	}
@@ -324,7 +337,11 @@ func (s *Service) handoff(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		path = "/"
 	}
-	sess, err := s.sessions.Get(r.Context(), rec.SessionID)
+	sessionID, err := openWithCode(code, rec.SealedID)
+	if err != nil {
+		return fmt.Errorf("open handoff: %w", err)
+	}
+	sess, err := s.sessions.Get(r.Context(), sessionID)
 	if err != nil {
 		return httperr.BadRequest("Your session ended before sign-in finished. Open the app again to sign in.", err)
 	}
@@ -353,7 +370,7 @@ func (s *Service) logout(w http.ResponseWriter, r *http.Request) error {
 			s.opts.Pages.SignedOut(w)
 			return nil
 		}
-		s.opts.Pages.SignOut(w, PathLogout, CSRFToken(sess), sess.Identity.Email)
+		s.opts.Pages.SignOut(w, PathLogout, CSRFToken(sess), sess.Identity.Email, s.rp.EndSessionOrigin())
 		return nil
 	case http.MethodPost:
 	default:
@@ -490,4 +507,39 @@ func isHexHash(s string) bool {
 	}
 	_, err := hex.DecodeString(s)
 	return err == nil
+}
+
+// sealWithCode encrypts secret with AES-256-GCM under a key derived from a
+// one-time code.
+func sealWithCode(code, secret string) ([]byte, error) {
+	aead, err := codeAEAD(code)
+	if err != nil {
+		return nil, err
+	}
+	nonce := make([]byte, aead.NonceSize())
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, err
+	}
+	return aead.Seal(nonce, nonce, []byte(secret), nil), nil
+}
+
+func openWithCode(code string, sealed []byte) (string, error) {
+	aead, err := codeAEAD(code)
+	if err != nil {
+		return "", err
+	}
+	if len(sealed) < aead.NonceSize() {
+		return "", errors.New("sealed value too short")
+	}
+	pt, err := aead.Open(nil, sealed[:aead.NonceSize()], sealed[aead.NonceSize():], nil)
+	return string(pt), err
+}
+
+func codeAEAD(code string) (cipher.AEAD, error) {
+	key := sha256.Sum256([]byte("ztna-handoff\x00" + code))
+	block, err := aes.NewCipher(key[:])
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(block)
 }

@@ -61,10 +61,10 @@ type Duration = time.Duration
 
 // Ref is a short, non-secret reference to the session for logs, audit
 // events and assertions.
-func (s *Session) Ref() string { return s.Key[:16] }
+func (s Session) Ref() string { return s.Key[:16] }
 
 // LogValue keeps secrets out of logs whatever a caller passes to slog.
-func (s *Session) LogValue() slog.Value {
+func (s Session) LogValue() slog.Value {
 	return slog.GroupValue(slog.String("ref", s.Ref()), slog.String("user", s.Identity.Subject))
 }
 
@@ -157,7 +157,8 @@ type Sessions struct {
 	onRevokeMu sync.RWMutex
 	onRevoke   []func(key string)
 
-	wg sync.WaitGroup // background touches
+	wg      sync.WaitGroup // background touches
+	touchMu sync.Mutex     // serialises last-seen write-backs
 }
 
 // NewSessions returns the session keeper over st.
@@ -242,6 +243,17 @@ func (m *Sessions) Update(ctx context.Context, s *Session) error {
 		return err
 	}
 	m.put(s, m.now())
+	// A revocation may have landed while the caller (a token refresh) was
+	// working. Checking the tombstone after the cache write means either we
+	// see it here, or Revoke's cache drop comes after our write.
+	if _, err := m.st.Get(ctx, bucketRevoked, s.Key); err == nil {
+		m.drop(s.Key)
+		_ = m.st.Delete(ctx, bucketSessions, s.Key)
+		return ErrNoSession
+	} else if !errors.Is(err, store.ErrNotFound) {
+		m.drop(s.Key)
+		return fmt.Errorf("update session %s: %w", s.Ref(), err)
+	}
 	return nil
 }
 
@@ -371,20 +383,25 @@ func (m *Sessions) touch(c *cached, now time.Time) {
 	if !c.stored.CompareAndSwap(prev, now.UnixNano()) {
 		return // another request is already writing it
 	}
-	cp := *c.s
-	cp.LastSeen = now
+	key := c.s.Key
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		// Only refresh a record that still exists; a revocation racing
-		// with this write is held by its tombstone (see Revoke).
-		if _, err := m.st.Get(ctx, bucketSessions, cp.Key); err != nil {
+		// Serialised, and applied to the stored record rather than to our
+		// copy: writes must neither go back in time nor overwrite a record
+		// a token refresh has just replaced. A revocation racing with this
+		// write is held by its tombstone (see Revoke).
+		m.touchMu.Lock()
+		defer m.touchMu.Unlock()
+		cur, err := m.load(ctx, key)
+		if err != nil || !cur.LastSeen.Before(now) {
 			return
 		}
-		if err := m.save(ctx, &cp); err != nil {
-			m.logger.Warn("update session last-seen", "ref", cp.Ref(), "err", err)
+		cur.LastSeen = now
+		if err := m.save(ctx, cur); err != nil {
+			m.logger.Warn("update session last-seen", "ref", cur.Ref(), "err", err)
 		}
 	}()
 }

@@ -16,6 +16,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/ztna-dev/ztna/internal/httperr"
@@ -32,7 +33,7 @@ var assetFS embed.FS
 const AssetPrefix = "/.ztna/assets/"
 
 // ContentSecurityPolicy is sent with every page ztna renders itself.
-const ContentSecurityPolicy = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self' https:; base-uri 'none'; frame-ancestors 'none'"
+const ContentSecurityPolicy = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 
 // Pages renders ztna's own pages.
 type Pages struct {
@@ -85,8 +86,8 @@ func WantsHTML(r *http.Request) bool {
 }
 
 // setPageHeaders marks a response as a ztna page: never cached, never framed.
-func setPageHeaders(h http.Header) {
-	h.Set("Content-Security-Policy", ContentSecurityPolicy)
+func setPageHeaders(h http.Header, csp string) {
+	h.Set("Content-Security-Policy", csp)
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Referrer-Policy", "no-referrer")
@@ -124,21 +125,34 @@ func (p *Pages) Error(w http.ResponseWriter, r *http.Request, e *httperr.Error) 
 	p.render(w, e.Status, "error.html", map[string]any{
 		"Title": title, "Status": e.Status, "Code": e.Code, "Message": e.Message,
 		"Hint": e.Hint, "Rule": e.Rule, "LoginURL": e.LoginURL,
-	})
+	}, ContentSecurityPolicy)
 }
 
 // SignOut renders the sign-out confirmation: a form that POSTs to action
-// carrying the CSRF token.
-func (p *Pages) SignOut(w http.ResponseWriter, action, csrfToken, user string) {
-	p.render(w, http.StatusOK, "signout.html", map[string]any{"Action": action, "CSRF": csrfToken, "User": user})
+// carrying the CSRF token. Browsers apply form-action to the redirects that
+// follow a form POST, so the IdP's logout origin is added to the policy.
+func (p *Pages) SignOut(w http.ResponseWriter, action, csrfToken, user, redirectOrigin string) {
+	csp := ContentSecurityPolicy
+	if redirectOrigin != "" && isOrigin(redirectOrigin) {
+		csp = strings.Replace(csp, "form-action 'self'", "form-action 'self' "+redirectOrigin, 1)
+	}
+	p.render(w, http.StatusOK, "signout.html", map[string]any{"Action": action, "CSRF": csrfToken, "User": user}, csp)
+}
+
+// isOrigin accepts only scheme://host[:port] with no characters that could
+// end a CSP directive.
+func isOrigin(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "https" || u.Scheme == "http") && u.Host != "" &&
+		u.Scheme+"://"+u.Host == s && !strings.ContainsAny(s, " ;,'\"")
 }
 
 // SignedOut renders the page shown after a local sign-out.
 func (p *Pages) SignedOut(w http.ResponseWriter) {
-	p.render(w, http.StatusOK, "signedout.html", nil)
+	p.render(w, http.StatusOK, "signedout.html", nil, ContentSecurityPolicy)
 }
 
-func (p *Pages) render(w http.ResponseWriter, status int, name string, data any) {
+func (p *Pages) render(w http.ResponseWriter, status int, name string, data any, csp string) {
 	var buf bytes.Buffer
 	if err := p.tmpl.ExecuteTemplate(&buf, name, data); err != nil {
 		p.logger.Error("render page", "template", name, "err", err)
@@ -146,7 +160,7 @@ func (p *Pages) render(w http.ResponseWriter, status int, name string, data any)
 		buf.Reset()
 		buf.WriteString("internal error\n")
 	}
-	setPageHeaders(w.Header())
+	setPageHeaders(w.Header(), csp)
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(status)
 	_, _ = w.Write(buf.Bytes())

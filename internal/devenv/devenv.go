@@ -122,7 +122,12 @@ func Start(ctx context.Context, o Options) (env *Env, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("dev IdP listen %s: %w", o.IdPListen, err)
 	}
-	env.closers = append(env.closers, func(context.Context) error { return idpLn.Close() })
+	env.closers = append(env.closers, func(context.Context) error {
+		if err := idpLn.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			return err
+		}
+		return nil
+	})
 	issuer := "http://" + idpLn.Addr().String()
 
 	authHost := "auth." + o.Domain
@@ -191,6 +196,12 @@ func Start(ctx context.Context, o Options) (env *Env, err error) {
 	if err != nil {
 		return nil, err
 	}
+	env.closers = append(env.closers, func(context.Context) error {
+		if err := whoamiLn.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			return err
+		}
+		return nil
+	})
 	upstream := "http://" + whoamiLn.Addr().String()
 	cfg := demoConfig(o, authHost, port, issuer, upstream, certFile, keyFile)
 	env.cfg = cfg

@@ -64,7 +64,7 @@ func (h *whoami) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (h *whoami) report(r *http.Request) WhoamiReport {
 	rep := WhoamiReport{
-		App: h.appOf(r.Host), Host: r.Host, Method: r.Method, Path: r.URL.Path,
+		App: h.appOf(r.Header.Get("X-Forwarded-Host")), Host: r.Header.Get("X-Forwarded-Host"), Method: r.Method, Path: r.URL.Path,
 		User: r.Header.Get("X-Forwarded-User"), Email: r.Header.Get("X-Forwarded-Email"),
 		Groups: r.Header.Get("X-Forwarded-Groups"), ForwardedFor: r.Header.Get("X-Forwarded-For"),
 		Headers: map[string]string{}, ReceivedAtUTC: time.Now().UTC().Format(time.RFC3339),
