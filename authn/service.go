@@ -45,11 +45,11 @@ const (
 
 // Pages renders the sign-out pages (implemented by package web).
 type Pages interface {
-	// SignOut renders the confirmation form. redirectOrigin is where the
-	// form's response may redirect (the IdP's logout), "" for none: the
-	// page's form-action policy must allow it or browsers block the
-	// redirect.
-	SignOut(w http.ResponseWriter, action, csrfToken, user, redirectOrigin string)
+	// SignOut renders the confirmation form. redirectOrigins are where the
+	// form's response redirects on its way (the IdP's logout, the edge's
+	// signed-out page): the page's form-action policy must allow them or
+	// browsers block the redirect.
+	SignOut(w http.ResponseWriter, action, csrfToken, user string, redirectOrigins ...string)
 	SignedOut(w http.ResponseWriter)
 }
 
@@ -370,7 +370,7 @@ func (s *Service) logout(w http.ResponseWriter, r *http.Request) error {
 			s.opts.Pages.SignedOut(w)
 			return nil
 		}
-		s.opts.Pages.SignOut(w, PathLogout, CSRFToken(sess), sess.Identity.Email, s.rp.EndSessionOrigin())
+		s.opts.Pages.SignOut(w, PathLogout, CSRFToken(sess), sess.Identity.Email, s.rp.EndSessionOrigin(), s.opts.AuthOrigin)
 		return nil
 	case http.MethodPost:
 	default:

@@ -30,7 +30,7 @@ type fakePages struct {
 
 type signOutCall struct{ action, csrf, user string }
 
-func (p *fakePages) SignOut(w http.ResponseWriter, action, csrfToken, user, _ string) {
+func (p *fakePages) SignOut(w http.ResponseWriter, action, csrfToken, user string, _ ...string) {
 	p.mu.Lock()
 	p.signOuts = append(p.signOuts, signOutCall{action, csrfToken, user})
 	p.mu.Unlock()

@@ -129,13 +129,17 @@ func (p *Pages) Error(w http.ResponseWriter, r *http.Request, e *httperr.Error) 
 }
 
 // SignOut renders the sign-out confirmation: a form that POSTs to action
-// carrying the CSRF token. Browsers apply form-action to the redirects that
-// follow a form POST, so the IdP's logout origin is added to the policy.
-func (p *Pages) SignOut(w http.ResponseWriter, action, csrfToken, user, redirectOrigin string) {
-	csp := ContentSecurityPolicy
-	if redirectOrigin != "" && isOrigin(redirectOrigin) {
-		csp = strings.Replace(csp, "form-action 'self'", "form-action 'self' "+redirectOrigin, 1)
+// carrying the CSRF token. Browsers apply form-action to every redirect that
+// follows a form POST, so the origins the sign-out passes through (the
+// IdP's logout, the edge's signed-out page) are added to the policy.
+func (p *Pages) SignOut(w http.ResponseWriter, action, csrfToken, user string, redirectOrigins ...string) {
+	allowed := "form-action 'self'"
+	for _, o := range redirectOrigins {
+		if isOrigin(o) {
+			allowed += " " + o
+		}
 	}
+	csp := strings.Replace(ContentSecurityPolicy, "form-action 'self'", allowed, 1)
 	p.render(w, http.StatusOK, "signout.html", map[string]any{"Action": action, "CSRF": csrfToken, "User": user}, csp)
 }
 

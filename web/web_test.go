@@ -119,6 +119,7 @@ func TestSignOutFormActionAllowsOnlyAValidOrigin(t *testing.T) {
 		{"https://idp.example", "form-action 'self' https://idp.example;"},
 		{"http://127.0.0.1:5556", "form-action 'self' http://127.0.0.1:5556;"},
 		{"https://idp.example; script-src *", "form-action 'self';"},
+		{"https://idp.example https://auth.example", "form-action 'self';"},
 		{"https://idp.example/path", "form-action 'self';"},
 		{"javascript:alert(1)", "form-action 'self';"},
 		{"https://idp.example 'unsafe-inline'", "form-action 'self';"},
@@ -147,3 +148,12 @@ func TestAssetsServed(t *testing.T) {
 type errStr string
 
 func (e errStr) Error() string { return string(e) }
+
+func TestSignOutAllowsSeveralOrigins(t *testing.T) {
+	w := httptest.NewRecorder()
+	New(nil).SignOut(w, "/.ztna/logout", "tok", "", "http://127.0.0.1:5556", "https://auth.example:8443", "bad origin")
+	want := "form-action 'self' http://127.0.0.1:5556 https://auth.example:8443;"
+	if csp := w.Header().Get("Content-Security-Policy"); !strings.Contains(csp, want) {
+		t.Errorf("CSP %q, want %q", csp, want)
+	}
+}
