@@ -152,7 +152,8 @@ type Sessions struct {
 	now    func() time.Time
 
 	mu    sync.RWMutex
-	cache map[string]*cached
+	cache map[string]*cached // by store key
+	byID  map[string]*cached // the same entries by cookie value: a hit skips decoding and hashing
 
 	onRevokeMu sync.RWMutex
 	onRevoke   []func(key string)
@@ -166,7 +167,7 @@ func NewSessions(st store.Store, cfg SessionsConfig, logger *slog.Logger) *Sessi
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Sessions{st: st, cfg: cfg.withDefaults(), logger: logger, now: time.Now, cache: make(map[string]*cached)}
+	return &Sessions{st: st, cfg: cfg.withDefaults(), logger: logger, now: time.Now, cache: make(map[string]*cached), byID: make(map[string]*cached)}
 }
 
 // OnRevoke registers fn to be called with the key of every session that is
@@ -203,15 +204,22 @@ func (m *Sessions) Create(ctx context.Context, id Identity, t Tokens) (*Session,
 
 // Get returns the live session named by the cookie value id.
 func (m *Sessions) Get(ctx context.Context, id string) (*Session, error) {
-	key, ok := ParseSessionID(id)
-	if !ok {
+	if len(id) != sessionIDLen {
 		return nil, ErrNoSession
 	}
 	now := m.now()
 	m.mu.RLock()
-	c := m.cache[key]
+	c := m.byID[id]
 	m.mu.RUnlock()
+	var key string
+	if c != nil {
+		key = c.s.Key
+	}
 	if c == nil || now.Sub(c.loadedAt) > cacheTTL {
+		var ok bool
+		if key, ok = ParseSessionID(id); !ok {
+			return nil, ErrNoSession
+		}
 		s, err := m.load(ctx, key)
 		if err != nil {
 			if errors.Is(err, store.ErrNotFound) {
@@ -343,22 +351,30 @@ func (m *Sessions) put(s *Session, now time.Time) *cached {
 		if t := time.Unix(0, old.lastSeen.Load()); t.After(last) {
 			last = t
 		}
+		delete(m.byID, old.s.ID)
 	}
 	c.lastSeen.Store(last.UnixNano())
 	c.stored.Store(s.LastSeen.UnixNano())
 	if len(m.cache) >= maxCached {
-		for k := range m.cache { // evict an arbitrary entry: a miss only costs a store read
+		for k, e := range m.cache { // evict an arbitrary entry: a miss only costs a store read
 			delete(m.cache, k)
+			delete(m.byID, e.s.ID)
 			break
 		}
 	}
 	m.cache[s.Key] = c
+	if s.ID != "" {
+		m.byID[s.ID] = c
+	}
 	m.mu.Unlock()
 	return c
 }
 
 func (m *Sessions) drop(key string) {
 	m.mu.Lock()
+	if c := m.cache[key]; c != nil {
+		delete(m.byID, c.s.ID)
+	}
 	delete(m.cache, key)
 	m.mu.Unlock()
 }

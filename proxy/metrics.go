@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"time"
-
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -33,9 +31,4 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		reg.MustRegister(m.requests, m.decisionTime, m.reloads, m.configVersion)
 	}
 	return m
-}
-
-func (m *metrics) observe(app, decision string, latency time.Duration) {
-	m.requests.WithLabelValues(app, decision).Inc()
-	m.decisionTime.Observe(latency.Seconds())
 }

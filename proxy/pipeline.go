@@ -128,8 +128,9 @@ func (e *Edge) fail(w http.ResponseWriter, r *http.Request, err error) {
 // record emits the one audit event and the metrics of a decision.
 func (e *Edge) record(r *http.Request, a *app, sess *authn.Session, d groups.Decision, start time.Time) {
 	dec := "deny"
+	counter := a.denied
 	if d.Allow {
-		dec = "allow"
+		dec, counter = "allow", a.allowed
 	}
 	lat := time.Since(start)
 	ev := audit.Event{
@@ -140,5 +141,6 @@ func (e *Edge) record(r *http.Request, a *app, sess *authn.Session, d groups.Dec
 		ev.User, ev.Email, ev.Session = sess.Identity.Subject, sess.Identity.Email, sess.Ref()
 	}
 	e.opts.Audit.Record(ev)
-	e.metrics.observe(a.Name, dec, lat)
+	counter.Inc()
+	e.metrics.decisionTime.Observe(lat.Seconds())
 }

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ztna-dev/ztna/authn"
 	"github.com/ztna-dev/ztna/groups"
 )
@@ -41,6 +43,9 @@ type app struct {
 	upstream  *url.URL
 	transport *http.Transport
 	proxy     *httputil.ReverseProxy
+	// allowed and denied count decisions; resolved once here rather than
+	// by label lookup on every request.
+	allowed, denied prometheus.Counter
 }
 
 // route returns the app serving host (as sent by the client) and path.
@@ -106,7 +111,9 @@ func (e *Edge) compileApp(ac AppConfig, cfg *Config) (*app, error) {
 	if err != nil {
 		return nil, fmt.Errorf("upstream: %w", err)
 	}
-	a := &app{AppConfig: ac, hostPort: cfg.hostPort(ac.Host), upstream: u}
+	a := &app{AppConfig: ac, hostPort: cfg.hostPort(ac.Host), upstream: u,
+		allowed: e.metrics.requests.WithLabelValues(ac.Name, "allow"),
+		denied:  e.metrics.requests.WithLabelValues(ac.Name, "deny")}
 	a.transport = newUpstreamTransport()
 	if ac.UpstreamCAFile != "" {
 		pem, err := os.ReadFile(ac.UpstreamCAFile)
