@@ -91,6 +91,9 @@ func (e *Edge) Apply(ctx context.Context, cfg *Config) (err error) {
 			e.metrics.reloads.WithLabelValues("rejected").Inc()
 		}
 	}()
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("config rejected: %w", err)
+	}
 	if old := e.state.Load(); old != nil {
 		if old.Config.AuthOrigin() != cfg.AuthOrigin() {
 			return errors.New("config rejected: auth_host and public_port cannot change on reload: restart the edge")

@@ -47,6 +47,13 @@ func (e *Edge) forward(w http.ResponseWriter, r *http.Request, st *State, a *app
 		cancel(nil)
 	}()
 	a.proxy.ServeHTTP(w, r.WithContext(context.WithValue(ctx, forwardKey{}, id)))
+	if ctx.Err() != nil && r.Context().Err() == nil {
+		// The edge cut this exchange (revocation, policy change). Abort the
+		// response so the client sees a reset, not a clean end of a
+		// truncated body: ReverseProxy does this itself only when the
+		// server sets http.ServerContextKey, which HTTP/3 does not.
+		panic(http.ErrAbortHandler)
+	}
 }
 
 // bufferPool recycles the 32 KiB copy buffers of every reverse proxy.

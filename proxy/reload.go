@@ -54,7 +54,7 @@ func (e *Edge) Reload(ctx context.Context, path string) bool {
 		err = e.Apply(ctx, cfg)
 	}
 	if err != nil {
-		e.logger.Error("config reload rejected; the previous config keeps serving", "err", err)
+		e.logger.Error("config reload rejected; the previous config keeps serving", "file", path, "err", err)
 		return false
 	}
 	e.logger.Info("config reloaded", "file", path, "version", e.State().Version)

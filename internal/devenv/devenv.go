@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/ztna-dev/ztna/authn"
 	"github.com/ztna-dev/ztna/authn/devidp"
@@ -77,7 +78,9 @@ type Env struct {
 	AuthOrigin string // https://auth.localhost:PORT
 	EdgeAddr   string // the bound 127.0.0.1:PORT of the edge
 	CAFile     string // the dev CA that signed the edge certificate
-	ConfigYAML string // the edge config as YAML, for people to read and adapt
+	// ConfigYAML is the edge's config as a `ztna serve` file, for people to
+	// read and adapt (the client secret travels in ZTNA_OIDC_CLIENT_SECRET).
+	ConfigYAML string
 
 	cfg     *proxy.Config
 	st      store.Store
@@ -169,6 +172,9 @@ func Start(ctx context.Context, o Options) (env *Env, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// Runs before the edge's shutdown (closers run in reverse): an idle
+	// HTTP/2 connection would otherwise hold the drain for its GOAWAY grace.
+	env.closers = append(env.closers, func(context.Context) error { edgeClient.CloseIdleConnections(); return nil })
 	idp, err := devidp.New(devidp.Config{
 		Issuer: issuer,
 		Users:  env.Users,
@@ -246,6 +252,9 @@ func Start(ctx context.Context, o Options) (env *Env, err error) {
 		return nil, err
 	}
 	env.Edge = px
+	if env.ConfigYAML, err = configYAML(cfg); err != nil {
+		return nil, err
+	}
 	env.closers = append(env.closers, func(context.Context) error { px.Close(); return nil })
 	late.e.Store(px)
 	return env, nil
@@ -382,4 +391,16 @@ func (l *lateEdge) GetCertificate(h *tls.ClientHelloInfo) (*tls.Certificate, err
 		return e.GetCertificate(h)
 	}
 	return nil, errors.New("edge starting")
+}
+
+// configYAML renders cfg as a config file; the in-code client secret
+// becomes an environment variable reference, as secrets never go in files.
+func configYAML(cfg *proxy.Config) (string, error) {
+	c := *cfg
+	c.OIDC.ClientSecretEnv = "ZTNA_OIDC_CLIENT_SECRET"
+	b, err := yaml.Marshal(&c)
+	if err != nil {
+		return "", fmt.Errorf("render dev config: %w", err)
+	}
+	return "# The edge config of `ztna dev`, as a `ztna serve` file.\n" + string(b), nil
 }
