@@ -45,7 +45,11 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	printBanner(stdout, env, *admin)
+	cfgFile := filepath.Join(*dataDir, "edge.yaml")
+	if err := os.WriteFile(cfgFile, []byte(env.ConfigYAML), 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", cfgFile, err)
+	}
+	printBanner(stdout, env, *admin, cfgFile)
 	<-ctx.Done()
 	fmt.Fprintln(stdout, "\nztna dev: stopping…")
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -53,7 +57,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	return env.Close(sctx)
 }
 
-func printBanner(w io.Writer, env *devenv.Env, admin string) {
+func printBanner(w io.Writer, env *devenv.Env, admin, cfgFile string) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nztna dev is running.\n\n")
 	fmt.Fprintf(&b, "  Open in a browser:\n")
@@ -66,6 +70,8 @@ func printBanner(w io.Writer, env *devenv.Env, admin string) {
 	}
 	fmt.Fprintf(&b, "  Dev CA            %s\n", env.CAFile)
 	fmt.Fprintf(&b, "                    (trust it in your browser, or accept the certificate warning)\n")
+	fmt.Fprintf(&b, "  Edge config       %s\n", cfgFile)
+	fmt.Fprintf(&b, "                    (the same setup as a `ztna serve` file: a starting point)\n")
 	fmt.Fprintf(&b, "\n  Users (username / password):\n")
 	for _, u := range env.Users {
 		fmt.Fprintf(&b, "    %-7s / %-16s %s, %s; groups %s\n", u.Username, u.Password,
