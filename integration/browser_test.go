@@ -39,7 +39,7 @@ const (
 	// or tab would live only as long as it), so a timer cancels them instead.
 	browserStartTimeout = 60 * time.Second
 	// browserScreenshotsEnv=1 writes screenshots for the README into
-	// testdata/screenshots; by default nothing is written outside t.TempDir.
+	// docs/ (repository root); by default nothing is written outside t.TempDir.
 	browserScreenshotsEnv = "ZTNA_SCREENSHOTS"
 )
 
@@ -351,7 +351,7 @@ func browserExpectWhoami(t *testing.T, tab context.Context, env *devenv.Env, app
 	}
 }
 
-// browserScreenshot saves the tab as testdata/screenshots/name.png, only
+// browserScreenshot saves the tab as docs/name.png, only
 // when ZTNA_SCREENSHOTS=1 (they are for the README).
 func browserScreenshot(t *testing.T, tab context.Context, name string) {
 	t.Helper()
@@ -359,7 +359,7 @@ func browserScreenshot(t *testing.T, tab context.Context, name string) {
 		return
 	}
 	png := browserRun(t, tab, "screenshot "+name, chromedp.FullScreenshot(100))
-	dir := filepath.Join("testdata", "screenshots")
+	dir := filepath.Join("..", "docs")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
