@@ -15,6 +15,8 @@ FUZZ_TARGETS := \
 	./authn:FuzzParseSessionID \
 	./proxy:FuzzCanonicalPath \
 	./proxy/identity:FuzzVerify \
+	./proxy/edge:FuzzRedirectHost \
+	./internal/config:FuzzParse \
 	./groups:FuzzDecide
 
 .PHONY: all build test deps vet unit fuzz bench lint
