@@ -64,6 +64,10 @@ func (b *bufferPool) Put(v []byte) { b.p.Put(&v) }
 
 var copyBuffers = &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
 
+// CopyBuffers is the buffer pool of the edge's reverse proxies (exported for
+// the benchmark's bare proxy).
+func CopyBuffers() httputil.BufferPool { return copyBuffers }
+
 func (e *Edge) newReverseProxy(a *app) *httputil.ReverseProxy {
 	return &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {

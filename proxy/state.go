@@ -114,7 +114,7 @@ func (e *Edge) compileApp(ac AppConfig, cfg *Config) (*app, error) {
 	a := &app{AppConfig: ac, hostPort: cfg.hostPort(ac.Host), upstream: u,
 		allowed: e.metrics.requests.WithLabelValues(ac.Name, "allow"),
 		denied:  e.metrics.requests.WithLabelValues(ac.Name, "deny")}
-	a.transport = newUpstreamTransport()
+	a.transport = NewUpstreamTransport()
 	if ac.UpstreamCAFile != "" {
 		pem, err := os.ReadFile(ac.UpstreamCAFile)
 		if err != nil {
@@ -130,10 +130,11 @@ func (e *Edge) compileApp(ac AppConfig, cfg *Config) (*app, error) {
 	return a, nil
 }
 
-// newUpstreamTransport is the tuned keep-alive pool used for every app: the
+// NewUpstreamTransport is the tuned keep-alive pool used for every app: the
 // defaults (2 idle conns per host) would open a new connection for most
-// requests under load.
-func newUpstreamTransport() *http.Transport {
+// requests under load. Exported so the benchmark's bare reverse proxy uses
+// exactly the same one.
+func NewUpstreamTransport() *http.Transport {
 	return &http.Transport{
 		Proxy: nil, // never send app traffic through an environment proxy
 		DialContext: (&net.Dialer{

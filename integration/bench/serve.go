@@ -24,7 +24,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -167,8 +166,10 @@ func serveChild() error {
 			pr.SetURL(target)
 			pr.SetXForwarded()
 		},
-		Transport:  bareTransport(),
-		BufferPool: bareBuffers,
+		// The edge's own transport and buffers: the baseline is a tuned
+		// ReverseProxy, and the difference measured is the pipeline.
+		Transport:  proxy.NewUpstreamTransport(),
+		BufferPool: proxy.CopyBuffers(),
 		ErrorLog:   quietLog(),
 	}
 	bareLn, err := net.Listen("tcp", "127.0.0.1:0")
@@ -366,36 +367,6 @@ func writeJSON(w http.ResponseWriter, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(v)
 }
-
-// bareTransport has the settings of proxy.newUpstreamTransport (copied: the
-// harness may not change package proxy). Keep them in step.
-func bareTransport() *http.Transport {
-	return &http.Transport{
-		Proxy: nil,
-		DialContext: (&net.Dialer{
-			Timeout:   10 * time.Second,
-			KeepAlive: 30 * time.Second,
-		}).DialContext,
-		MaxIdleConns:           1024,
-		MaxIdleConnsPerHost:    256,
-		IdleConnTimeout:        90 * time.Second,
-		TLSHandshakeTimeout:    10 * time.Second,
-		ResponseHeaderTimeout:  60 * time.Second,
-		ExpectContinueTimeout:  time.Second,
-		MaxResponseHeaderBytes: 64 << 10,
-		WriteBufferSize:        32 << 10,
-		ReadBufferSize:         32 << 10,
-	}
-}
-
-// bareBuffers recycles 32 KiB copy buffers like the edge's reverse proxies
-// do, so the baseline is a tuned ReverseProxy, not a naive one.
-var bareBuffers = &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
-
-type bufferPool struct{ p sync.Pool }
-
-func (b *bufferPool) Get() []byte  { return *(b.p.Get().(*[]byte)) }
-func (b *bufferPool) Put(v []byte) { b.p.Put(&v) }
 
 func quietLog() *log.Logger { return log.New(io.Discard, "", 0) }
 

@@ -164,28 +164,36 @@ func (s *Store) Get(ctx context.Context, bucket, key string) ([]byte, error) {
 	}
 	var out []byte
 	err := s.db.View(func(tx *bbolt.Tx) error {
-		b := tx.Bucket([]byte(bucket))
-		if b == nil {
-			return store.ErrNotFound
-		}
-		raw := b.Get([]byte(key))
-		if raw == nil {
-			return store.ErrNotFound
-		}
-		v, live, err := decode(raw, time.Now())
-		if err != nil {
-			return fmt.Errorf("get from bucket %q: %w", bucket, err)
-		}
-		if !live {
-			return store.ErrNotFound
-		}
-		out = bytes.Clone(v)
-		return nil
+		_, v, err := liveValue(tx, bucket, key, "get")
+		out = v
+		return err
 	})
 	if err != nil {
 		return nil, mapErr(err)
 	}
 	return out, nil
+}
+
+// liveValue returns a copy of the live value of key, and its bucket, or
+// ErrNotFound when it is missing or expired.
+func liveValue(tx *bbolt.Tx, bucket, key, op string) (*bbolt.Bucket, []byte, error) {
+	b := tx.Bucket([]byte(bucket))
+	if b == nil {
+		return nil, nil, store.ErrNotFound
+	}
+	raw := b.Get([]byte(key))
+	if raw == nil {
+		return nil, nil, store.ErrNotFound
+	}
+	v, live, err := decode(raw, time.Now())
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s from bucket %q: %w", op, bucket, err)
+	}
+	if !live {
+		return nil, nil, store.ErrNotFound
+	}
+	// A copy: raw points into a page that is gone after the transaction.
+	return b, bytes.Clone(v), nil
 }
 
 // Put implements store.Store.
@@ -252,24 +260,13 @@ func (s *Store) Take(ctx context.Context, bucket, key string) ([]byte, error) {
 	}
 	var out []byte
 	err := s.db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket([]byte(bucket))
-		if b == nil {
-			return store.ErrNotFound
-		}
-		raw := b.Get([]byte(key))
-		if raw == nil {
-			return store.ErrNotFound
-		}
-		v, live, err := decode(raw, time.Now())
+		b, v, err := liveValue(tx, bucket, key, "take")
 		if err != nil {
-			return fmt.Errorf("take from bucket %q: %w", bucket, err)
+			// Returning an error rolls the transaction back; the sweeper
+			// removes an expired entry later.
+			return err
 		}
-		if !live {
-			// Returning an error rolls the transaction back; the
-			// sweeper removes the expired entry later.
-			return store.ErrNotFound
-		}
-		out = bytes.Clone(v) // before Delete: raw points into the page.
+		out = v
 		return b.Delete([]byte(key))
 	})
 	if err != nil {
