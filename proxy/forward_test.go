@@ -300,7 +300,7 @@ func forwardTo(t *testing.T, e *Edge, upstream string, ac AppConfig, sess *authn
 		t.Fatal(err)
 	}
 	ac.Upstream = upstream
-	a := &app{AppConfig: ac, upstream: u, transport: newUpstreamTransport()}
+	a := &app{AppConfig: ac, upstream: u, transport: NewUpstreamTransport()}
 	a.proxy = e.newReverseProxy(a)
 	st := &State{Config: &Config{}}
 	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
