@@ -461,6 +461,7 @@ func (s *Service) refresh(sess *Session) {
 	id, toks, err := s.rp.Refresh(ctx, sess.RefreshToken, sess.Identity.Subject)
 	if err != nil {
 		if IsInvalidGrant(err) {
+			s.doneRefreshing(sess.Key)
 			s.logger.Info("session ended: IdP refused the refresh", "session", sess.Ref(), "user", sess.Identity.Subject)
 			if rerr := s.sessions.Revoke(ctx, sess.Key); rerr != nil {
 				s.logger.Error("revoke session after refused refresh", "session", sess.Ref(), "err", rerr)
@@ -481,8 +482,14 @@ func (s *Service) refresh(sess *Session) {
 		s.logger.Warn("store refreshed session", "session", sess.Ref(), "err", err)
 		return
 	}
+	s.doneRefreshing(sess.Key)
+}
+
+// doneRefreshing forgets a session's refresh attempt. A failed attempt is
+// remembered, so retries wait refreshRetryAfter.
+func (s *Service) doneRefreshing(key string) {
 	s.mu.Lock()
-	delete(s.refreshing, sess.Key)
+	delete(s.refreshing, key)
 	s.mu.Unlock()
 }
 
