@@ -52,10 +52,14 @@ func (c *assertionCache) get(s *identity.Signer, sess *authn.Session, app string
 		return a, nil
 	}
 	id := sess.Identity
-	tok, err := s.Sign(identity.Claims{
+	// One token serves the assertion header and the PROXY v2 identity TLV,
+	// so it is kept within the TLV's size; past it, groups are dropped by
+	// the documented rule (SignFitting) rather than sending a header the
+	// app would reject.
+	tok, err := s.SignFitting(identity.Claims{
 		Subject: id.Subject, Audience: app, Email: id.Email, Name: id.Name, Groups: id.Groups,
 		SessionID: sess.Ref(), IssuedAt: now.Unix(), NotBefore: now.Unix(), Expiry: now.Add(ttl).Unix(),
-	})
+	}, identity.MaxTLVTokenBytes)
 	if err != nil {
 		return nil, err
 	}

@@ -42,6 +42,8 @@ type Config struct {
 	Apps []AppConfig `yaml:"apps"`
 	// Log configures the process log and the audit log.
 	Log LogConfig `yaml:"log"`
+	// Pool bounds the per-identity upstream pools of proxy_protocol apps.
+	Pool PoolConfig `yaml:"pool"`
 }
 
 // TLSConfig names PEM files.
@@ -86,8 +88,21 @@ type AppConfig struct {
 	// PathPrefix routes only this prefix of Host to the app. "" → "/".
 	// When several apps share a host, the longest prefix wins.
 	PathPrefix string `yaml:"path_prefix"`
-	// Upstream is the app's address: http://host:port or https://host:port.
+	// Upstream is an HTTP app's address: http://host:port,
+	// https://host:port, or h2c://host:port (HTTP/2 without TLS).
 	Upstream string `yaml:"upstream"`
+	// TCP is a raw TCP app's address, host:port, reached through the
+	// client tunnel. An app has either Upstream or TCP.
+	TCP string `yaml:"tcp"`
+	// ProxyProtocol "v2" starts every upstream connection with a PROXY v2
+	// header: the real client address, the requested host, the session
+	// reference and the signed identity (see README). Such connections are
+	// pooled per identity, never shared. "" → off.
+	ProxyProtocol string `yaml:"proxy_protocol"`
+	// UpstreamClientCertFile and UpstreamClientKeyFile are the edge's
+	// client certificate for an https upstream that wants mTLS.
+	UpstreamClientCertFile string `yaml:"upstream_client_cert_file"`
+	UpstreamClientKeyFile  string `yaml:"upstream_client_key_file"`
 	// PreserveHost sends the client's Host header upstream instead of the
 	// upstream's own. false → the upstream's host.
 	PreserveHost bool `yaml:"preserve_host"`
@@ -174,6 +189,9 @@ func (c *Config) check() *fieldError {
 		field, msg, _ := strings.Cut(err.Error(), ": ")
 		return &fieldError{"oidc." + field, msg}
 	}
+	if c.Pool.MaxIdentities < 0 || c.Pool.MaxIdlePerIdentity < 0 || c.Pool.IdleTimeout < 0 {
+		return &fieldError{"pool", "limits must not be negative"}
+	}
 	if c.Signing.RotateAfter < 0 || c.Signing.AssertionTTL < 0 {
 		return &fieldError{"signing", "durations must not be negative"}
 	}
@@ -199,6 +217,29 @@ func (c *Config) check() *fieldError {
 			return &fieldError{at("name"), fmt.Sprintf("app %q is defined twice", a.Name)}
 		}
 		names[a.Name] = true
+		switch a.ProxyProtocol {
+		case "", "v2":
+		default:
+			return &fieldError{at("proxy_protocol"), `must be "v2" or empty`}
+		}
+		if (a.UpstreamClientCertFile == "") != (a.UpstreamClientKeyFile == "") {
+			return &fieldError{at("upstream_client_cert_file"), "upstream_client_cert_file and upstream_client_key_file go together"}
+		}
+		if a.TCP != "" {
+			if a.Upstream != "" {
+				return &fieldError{at("tcp"), "an app has either upstream (HTTP) or tcp, not both"}
+			}
+			if a.Host != "" || a.PathPrefix != "" {
+				return &fieldError{at("host"), "tcp apps are reached through the tunnel by name, not by host"}
+			}
+			if _, port, err := net.SplitHostPort(a.TCP); err != nil || port == "" || port == "0" {
+				return &fieldError{at("tcp"), "must be host:port"}
+			}
+			if a.UpstreamCAFile != "" || a.UpstreamClientCertFile != "" {
+				return &fieldError{at("upstream_ca_file"), "tcp apps are relayed as bytes; the edge does not speak TLS to them"}
+			}
+			continue
+		}
 		a.Host = strings.ToLower(a.Host)
 		if !hostRE.MatchString(a.Host) {
 			return &fieldError{at("host"), "must be a host name like wiki.corp.example"}
@@ -217,14 +258,17 @@ func (c *Config) check() *fieldError {
 		}
 		routes[a.Host+a.PathPrefix] = true
 		u, err := url.Parse(a.Upstream)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil {
-			return &fieldError{at("upstream"), "must be an http:// or https:// URL with a host"}
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "h2c") || u.Host == "" || u.User != nil {
+			return &fieldError{at("upstream"), "must be an http://, https:// or h2c:// URL with a host"}
 		}
 		if u.Path != "" && u.Path != "/" {
 			return &fieldError{at("upstream"), "must not have a path: the request path is forwarded as is"}
 		}
 		if a.UpstreamCAFile != "" && u.Scheme != "https" {
 			return &fieldError{at("upstream_ca_file"), "only applies to https upstreams"}
+		}
+		if a.UpstreamClientCertFile != "" && u.Scheme != "https" {
+			return &fieldError{at("upstream_client_cert_file"), "only applies to https upstreams"}
 		}
 	}
 	if _, err := groups.Compile(appRules(c.Apps)); err != nil {

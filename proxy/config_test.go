@@ -150,22 +150,22 @@ func TestParseConfigErrors(t *testing.T) {
 		{"missing upstream", cfgHead + `apps:
   - name: wiki
     host: wiki.example.com
-`, "ztna.yaml:6: apps[0].upstream: must be an http:// or https:// URL with a host"},
+`, "ztna.yaml:6: apps[0].upstream: must be an http://, https:// or h2c:// URL with a host"},
 		{"upstream ftp", cfgHead + `apps:
   - name: wiki
     host: wiki.example.com
     upstream: ftp://127.0.0.1:21
-`, "ztna.yaml:8: apps[0].upstream: must be an http:// or https:// URL with a host"},
+`, "ztna.yaml:8: apps[0].upstream: must be an http://, https:// or h2c:// URL with a host"},
 		{"upstream without host", cfgHead + `apps:
   - name: wiki
     host: wiki.example.com
     upstream: http:///x
-`, "ztna.yaml:8: apps[0].upstream: must be an http:// or https:// URL with a host"},
+`, "ztna.yaml:8: apps[0].upstream: must be an http://, https:// or h2c:// URL with a host"},
 		{"upstream with userinfo", cfgHead + `apps:
   - name: wiki
     host: wiki.example.com
     upstream: http://user:secret@127.0.0.1:8080
-`, "ztna.yaml:8: apps[0].upstream: must be an http:// or https:// URL with a host"},
+`, "ztna.yaml:8: apps[0].upstream: must be an http://, https:// or h2c:// URL with a host"},
 		{"upstream with path", cfgHead + `apps:
   - name: wiki
     host: wiki.example.com
@@ -371,7 +371,7 @@ func TestValidateWithoutDoc(t *testing.T) {
 	c.OIDC.ClientID = "ztna"
 	c.Apps = []AppConfig{{Name: "wiki", Host: "wiki.example.com", Upstream: "ftp://x"}}
 	err := c.Validate()
-	if err == nil || err.Error() != "apps[0].upstream: must be an http:// or https:// URL with a host" {
+	if err == nil || err.Error() != "apps[0].upstream: must be an http://, https:// or h2c:// URL with a host" {
 		t.Errorf("Validate = %v", err)
 	}
 	c.Apps[0].Upstream = "http://127.0.0.1:1"

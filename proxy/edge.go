@@ -1,21 +1,24 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
-	"reflect"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/ztna-dev/ztna/authn"
 	"github.com/ztna-dev/ztna/internal/audit"
 	"github.com/ztna-dev/ztna/internal/store"
+	"github.com/ztna-dev/ztna/proxy/edge"
 	"github.com/ztna-dev/ztna/proxy/identity"
 	"github.com/ztna-dev/ztna/web"
 )
@@ -44,6 +47,10 @@ type Edge struct {
 	assertions *assertionCache
 	live       *liveRegistry
 	metrics    *metrics
+	pools      *identityPools
+
+	stop     context.CancelFunc // stops the pool janitor
+	janitorW sync.WaitGroup
 
 	mu      sync.Mutex // serialises Apply
 	state   atomic.Pointer[State]
@@ -67,6 +74,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Edge, error) {
 		jwks:       opts.Keys.JWKS(),
 		assertions: newAssertionCache(),
 		metrics:    newMetrics(opts.Registry),
+		pools:      newIdentityPools(cfg.Pool, newPoolMetrics(opts.Registry)),
 	}
 	e.assets = e.pages.Assets()
 	e.live = newLiveRegistry(e.logger)
@@ -77,7 +85,26 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Edge, error) {
 	if err := e.Apply(ctx, cfg); err != nil {
 		return nil, err
 	}
+	jctx, stop := context.WithCancel(context.Background())
+	e.stop = stop
+	e.janitorW.Add(1)
+	go e.janitor(jctx)
 	return e, nil
+}
+
+// janitor closes identity pools that have been idle for too long.
+func (e *Edge) janitor(ctx context.Context) {
+	defer e.janitorW.Done()
+	t := time.NewTicker(max(e.pools.cfg.IdleTimeout/3, time.Second))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			e.pools.sweep(now)
+		}
+	}
 }
 
 // Apply compiles cfg and, only if that fully succeeds, makes it the current
@@ -98,7 +125,7 @@ func (e *Edge) Apply(ctx context.Context, cfg *Config) (err error) {
 		if old.Config.AuthOrigin() != cfg.AuthOrigin() {
 			return errors.New("config rejected: auth_host and public_port cannot change on reload: restart the edge")
 		}
-		if !reflect.DeepEqual(old.Config.Listen, cfg.Listen) {
+		if !sameListen(old.Config.Listen, cfg.Listen) {
 			return errors.New("config rejected: listen settings cannot change on reload: restart the edge")
 		}
 	}
@@ -134,9 +161,22 @@ func (e *Edge) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 
 // Close stops background work of the current state and waits for it.
 func (e *Edge) Close() {
+	if e.stop != nil {
+		e.stop()
+		e.janitorW.Wait()
+	}
 	e.live.closeAll("edge shutting down")
+	e.pools.closeAll()
 	if st := e.state.Load(); st != nil {
 		st.close()
 	}
 	e.sessions.Wait()
+}
+
+// sameListen compares listener settings by what a config file would say,
+// so an empty list and a missing one are the same.
+func sameListen(a, b edge.Config) bool {
+	ya, erra := yaml.Marshal(a)
+	yb, errb := yaml.Marshal(b)
+	return erra == nil && errb == nil && bytes.Equal(ya, yb)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"strings"
@@ -46,7 +47,11 @@ func (e *Edge) forward(w http.ResponseWriter, r *http.Request, st *State, a *app
 		e.live.unregister(live)
 		cancel(nil)
 	}()
-	a.proxy.ServeHTTP(w, r.WithContext(context.WithValue(ctx, forwardKey{}, id)))
+	ctx = context.WithValue(ctx, forwardKey{}, id)
+	if a.ProxyProtocol != "" {
+		ctx = context.WithValue(ctx, helloKey{}, e.hello(r, sess, id))
+	}
+	a.proxy.ServeHTTP(w, r.WithContext(ctx))
 	if ctx.Err() != nil && r.Context().Err() == nil {
 		// The edge cut this exchange (revocation, policy change). Abort the
 		// response so the client sees a reset, not a clean end of a
@@ -54,6 +59,25 @@ func (e *Edge) forward(w http.ResponseWriter, r *http.Request, st *State, a *app
 		// server sets http.ServerContextKey, which HTTP/3 does not.
 		panic(http.ErrAbortHandler)
 	}
+}
+
+// hello is what a PROXY v2 header tells the app about r.
+func (e *Edge) hello(r *http.Request, sess *authn.Session, id *assertion) *upstreamHello {
+	h := &upstreamHello{authority: hostOnly(r.Host), uniqueID: sess.Ref(), token: id.token[0]}
+	client := tcpAddr(r.RemoteAddr)
+	if client == nil {
+		client = &net.TCPAddr{IP: net.IPv4zero}
+	}
+	h.client = client
+	// The edge address the client reached; HTTP/3 requests do not carry
+	// one, so the header then names the unspecified address.
+	if la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		h.local = tcpAddr(la.String())
+	}
+	if h.local == nil || h.local.(*net.TCPAddr) == nil {
+		h.local = &net.TCPAddr{IP: net.IPv4zero}
+	}
+	return h
 }
 
 // bufferPool recycles the 32 KiB copy buffers of every reverse proxy.
@@ -90,7 +114,6 @@ func (e *Edge) newReverseProxy(a *app) *httputil.ReverseProxy {
 			}
 			h[identity.HeaderName] = id.token
 		},
-		Transport:  a.transport,
 		BufferPool: copyBuffers,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if errors.Is(err, context.Canceled) {

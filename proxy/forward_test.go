@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"reflect"
 	"strings"
 	"testing"
@@ -287,7 +286,10 @@ func testEdge(t *testing.T) (*Edge, *identity.KeySet) {
 		jwks:       ks.JWKS(),
 		assertions: newAssertionCache(),
 		live:       newLiveRegistry(logger),
+		metrics:    newMetrics(nil),
+		pools:      newIdentityPools(PoolConfig{}, newPoolMetrics(nil)),
 	}
+	t.Cleanup(e.pools.closeAll)
 	return e, ks
 }
 
@@ -295,21 +297,22 @@ func testEdge(t *testing.T) (*Edge, *identity.KeySet) {
 // and returns its URL.
 func forwardTo(t *testing.T, e *Edge, upstream string, ac AppConfig, sess *authn.Session) string {
 	t.Helper()
-	u, err := url.Parse(upstream)
+	ac.Upstream = upstream
+	cfg := &Config{}
+	a, err := e.compileApp(ac, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ac.Upstream = upstream
-	a := &app{AppConfig: ac, upstream: u, transport: NewUpstreamTransport()}
-	a.proxy = e.newReverseProxy(a)
-	st := &State{Config: &Config{}}
+	st := &State{Config: cfg}
 	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		req := groups.Request{App: a.Name, Subject: groups.Subject{User: sess.Identity.Subject}, Method: r.Method, Path: r.URL.Path}
 		e.forward(w, r, st, a, sess, req)
 	}))
 	t.Cleanup(func() {
 		front.Close()
-		a.transport.CloseIdleConnections()
+		if a.transport != nil {
+			a.transport.CloseIdleConnections()
+		}
 	})
 	return front.URL
 }

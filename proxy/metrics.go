@@ -4,6 +4,31 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// poolMetrics describe the per-identity upstream pools of PROXY v2 apps.
+type poolMetrics struct {
+	pools     prometheus.Gauge
+	evictions prometheus.Counter
+	dials     *prometheus.CounterVec
+}
+
+func newPoolMetrics(reg prometheus.Registerer) *poolMetrics {
+	m := &poolMetrics{
+		pools: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ztna_proxy_identity_pools", Help: "Upstream connection pools, one per identity, of apps with proxy_protocol v2.",
+		}),
+		evictions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ztna_proxy_identity_pool_evictions_total", Help: "Identity pools closed because pool.max_identities was reached.",
+		}),
+		dials: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ztna_proxy_identity_dials_total", Help: "Upstream connections opened with a PROXY v2 identity header, by app.",
+		}, []string{"app"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.pools, m.evictions, m.dials)
+	}
+	return m
+}
+
 type metrics struct {
 	requests      *prometheus.CounterVec
 	decisionTime  prometheus.Histogram

@@ -29,8 +29,9 @@ type State struct {
 	Version uint64
 	Config  *Config
 
-	authHost string // host[:port] as browsers write it
-	hosts    map[string][]*app
+	authHost string            // host[:port] as browsers write it
+	hosts    map[string][]*app // HTTP apps by host[:port], longest prefix first
+	apps     map[string]*app   // every app by name
 	policy   groups.Authorizer
 	auth     *authn.Service
 	cert     *tls.Certificate
@@ -41,8 +42,10 @@ type app struct {
 	AppConfig
 	hostPort  string
 	upstream  *url.URL
-	transport *http.Transport
-	proxy     *httputil.ReverseProxy
+	h2c       bool
+	tlsConfig *tls.Config            // https upstreams: roots and client certificate
+	transport *http.Transport        // nil for proxy_protocol apps (pooled per identity)
+	proxy     *httputil.ReverseProxy // nil for TCP apps
 	// allowed and denied count decisions; resolved once here rather than
 	// by label lookup on every request.
 	allowed, denied prometheus.Counter
@@ -67,7 +70,7 @@ func (s *State) isAppHost(hostport string) bool {
 // config needs (OIDC discovery, reading certificates) so that a bad config
 // fails here, before anything is swapped.
 func (e *Edge) compile(ctx context.Context, cfg *Config, version uint64) (*State, error) {
-	st := &State{Version: version, Config: cfg, hosts: map[string][]*app{}}
+	st := &State{Version: version, Config: cfg, hosts: map[string][]*app{}, apps: map[string]*app{}}
 	st.authHost = cfg.hostPort(cfg.AuthHost)
 	pol, err := groups.Compile(appRules(cfg.Apps))
 	if err != nil {
@@ -86,7 +89,10 @@ func (e *Edge) compile(ctx context.Context, cfg *Config, version uint64) (*State
 		if err != nil {
 			return nil, fmt.Errorf("app %q: %w", ac.Name, err)
 		}
-		st.hosts[a.hostPort] = append(st.hosts[a.hostPort], a)
+		st.apps[a.Name] = a
+		if a.TCP == "" {
+			st.hosts[a.hostPort] = append(st.hosts[a.hostPort], a)
+		}
 	}
 	for _, list := range st.hosts {
 		sort.Slice(list, func(i, j int) bool { return len(list[i].PathPrefix) > len(list[j].PathPrefix) })
@@ -107,27 +113,65 @@ func (e *Edge) compile(ctx context.Context, cfg *Config, version uint64) (*State
 }
 
 func (e *Edge) compileApp(ac AppConfig, cfg *Config) (*app, error) {
+	a := &app{AppConfig: ac,
+		allowed: e.metrics.requests.WithLabelValues(ac.Name, "allow"),
+		denied:  e.metrics.requests.WithLabelValues(ac.Name, "deny")}
+	if ac.TCP != "" {
+		return a, nil
+	}
 	u, err := url.Parse(ac.Upstream)
 	if err != nil {
 		return nil, fmt.Errorf("upstream: %w", err)
 	}
-	a := &app{AppConfig: ac, hostPort: cfg.hostPort(ac.Host), upstream: u,
-		allowed: e.metrics.requests.WithLabelValues(ac.Name, "allow"),
-		denied:  e.metrics.requests.WithLabelValues(ac.Name, "deny")}
-	a.transport = NewUpstreamTransport()
-	if ac.UpstreamCAFile != "" {
-		pem, err := os.ReadFile(ac.UpstreamCAFile)
-		if err != nil {
-			return nil, fmt.Errorf("upstream_ca_file: %w", err)
+	if u.Scheme == "h2c" {
+		a.h2c = true
+		u = &url.URL{Scheme: "http", Host: u.Host}
+	}
+	a.hostPort, a.upstream = cfg.hostPort(ac.Host), u
+	if u.Scheme == "https" {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12}
+		if ac.UpstreamCAFile != "" {
+			pem, err := os.ReadFile(ac.UpstreamCAFile)
+			if err != nil {
+				return nil, fmt.Errorf("upstream_ca_file: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("upstream_ca_file %s: no PEM certificates", ac.UpstreamCAFile)
+			}
+			tc.RootCAs = pool
 		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("upstream_ca_file %s: no PEM certificates", ac.UpstreamCAFile)
+		if ac.UpstreamClientCertFile != "" {
+			c, err := tls.LoadX509KeyPair(ac.UpstreamClientCertFile, ac.UpstreamClientKeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("upstream client certificate: %w", err)
+			}
+			tc.Certificates = []tls.Certificate{c}
 		}
-		a.transport.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		a.tlsConfig = tc
 	}
 	a.proxy = e.newReverseProxy(a)
+	if ac.ProxyProtocol != "" {
+		// One pool per identity: a connection that began with one
+		// identity's PROXY header never carries another's request.
+		a.proxy.Transport = &identityRoundTripper{app: a, pools: e.pools}
+	} else {
+		a.transport = a.newTransport()
+		a.proxy.Transport = a.transport
+	}
 	return a, nil
+}
+
+// newTransport is the app's upstream transport: the tuned pool with the
+// app's TLS settings, or HTTP/2 without TLS for h2c upstreams.
+func (a *app) newTransport() *http.Transport {
+	tr := NewUpstreamTransport()
+	tr.TLSClientConfig = a.tlsConfig.Clone()
+	if a.h2c {
+		tr.Protocols = new(http.Protocols)
+		tr.Protocols.SetUnencryptedHTTP2(true)
+	}
+	return tr
 }
 
 // NewUpstreamTransport is the tuned keep-alive pool used for every app: the
@@ -155,8 +199,8 @@ func NewUpstreamTransport() *http.Transport {
 
 // close releases what the state owns once no request uses it any more.
 func (s *State) close() {
-	for _, list := range s.hosts {
-		for _, a := range list {
+	for _, a := range s.apps {
+		if a.transport != nil {
 			a.transport.CloseIdleConnections()
 		}
 	}

@@ -63,6 +63,10 @@ func printBanner(w io.Writer, env *devenv.Env, admin, cfgFile string) {
 	fmt.Fprintf(&b, "  Open in a browser:\n")
 	fmt.Fprintf(&b, "    %-40s demo app: shows the identity it receives\n", env.AppURL("whoami")+"/")
 	fmt.Fprintf(&b, "    %-40s only the security group may enter\n", env.AppURL("secure")+"/")
+	fmt.Fprintf(&b, "    %-40s TCP echo app; greets you with the identity the edge signed\n", "echo ("+env.EchoAddr+")")
+	fmt.Fprintf(&b, "    %-40s (only the edge can connect; users will reach it through `ztna tunnel`, next)\n", "")
+	fmt.Fprintf(&b, "\n  Every app sits behind PROXY protocol v2: the page shows the identity verified\n")
+	fmt.Fprintf(&b, "  on its connection as well as the signed X-Ztna-Assertion header.\n")
 	fmt.Fprintf(&b, "\n  Edge login host   %s\n", env.AuthOrigin)
 	fmt.Fprintf(&b, "  Dev IdP           %s\n", env.IdP.Issuer())
 	if admin != "off" {
@@ -78,7 +82,7 @@ func printBanner(w io.Writer, env *devenv.Env, admin, cfgFile string) {
 			u.Attributes["department"], u.Attributes["title"], strings.Join(u.Groups, ", "))
 	}
 	fmt.Fprintf(&b, "\n  Rules: whoami lets engineering and finance in (finance read-only);\n")
-	fmt.Fprintf(&b, "         secure lets only the security group in; everyone else is denied.\n")
+	fmt.Fprintf(&b, "         secure lets only the security group in; echo, engineering; everyone else is denied.\n")
 	fmt.Fprintf(&b, "\nPress Ctrl-C to stop.\n")
 	fmt.Fprint(w, b.String())
 }

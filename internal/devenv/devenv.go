@@ -78,6 +78,7 @@ type Env struct {
 	AuthOrigin string // https://auth.localhost:PORT
 	EdgeAddr   string // the bound 127.0.0.1:PORT of the edge
 	CAFile     string // the dev CA that signed the edge certificate
+	EchoAddr   string // the TCP echo app (PROXY v2 only; reached through the tunnel)
 	// ConfigYAML is the edge's config as a `ztna serve` file, for people to
 	// read and adapt (the client secret travels in ZTNA_OIDC_CLIENT_SECRET).
 	ConfigYAML string
@@ -198,39 +199,38 @@ func Start(ctx context.Context, o Options) (env *Env, err error) {
 		return errors.Join(err, idp.Close())
 	})
 
-	whoamiLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	env.closers = append(env.closers, func(context.Context) error {
-		if err := whoamiLn.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
-			return err
-		}
-		return nil
-	})
-	upstream := "http://" + whoamiLn.Addr().String()
-	cfg := demoConfig(o, authHost, port, issuer, upstream, certFile, keyFile)
-	env.cfg = cfg
-	wa := &whoami{verifiers: map[string]*identity.Verifier{}, appOf: func(host string) string {
-		for _, a := range cfg.Apps {
-			if a.Host+portSuffix(port) == host || a.Host == host {
-				return a.Name
-			}
-		}
-		return ""
-	}}
-	for _, a := range cfg.Apps {
-		v, err := identity.NewVerifier(identity.VerifierConfig{
-			Issuer: env.AuthOrigin, Audience: a.Name, JWKSURL: env.AuthOrigin + proxy.JWKSPath, HTTPClient: edgeClient,
+	// The demo apps, each behind PROXY v2: they accept only connections
+	// that start with the edge's header and a signed identity for them.
+	verifier := func(app string) (*identity.Verifier, error) {
+		return identity.NewVerifier(identity.VerifierConfig{
+			Issuer: env.AuthOrigin, Audience: app, JWKSURL: env.AuthOrigin + proxy.JWKSPath, HTTPClient: edgeClient,
 		})
+	}
+	apps := map[string]string{}
+	for _, name := range []string{"whoami", "secure"} {
+		v, err := verifier(name)
 		if err != nil {
 			return nil, err
 		}
-		wa.verifiers[a.Name] = v
+		addr, closeApp, err := startWhoami(name, v, o.Logger)
+		if err != nil {
+			return nil, err
+		}
+		env.closers = append(env.closers, closeApp)
+		apps[name] = addr
 	}
-	whoamiSrv := &http.Server{Handler: wa, ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = whoamiSrv.Serve(whoamiLn) }()
-	env.closers = append(env.closers, whoamiSrv.Shutdown)
+	ev, err := verifier("echo")
+	if err != nil {
+		return nil, err
+	}
+	echoAddr, closeEcho, err := startEcho(ev, o.Logger)
+	if err != nil {
+		return nil, err
+	}
+	env.closers = append(env.closers, closeEcho)
+	env.EchoAddr = echoAddr
+	cfg := demoConfig(o, authHost, port, issuer, apps, echoAddr, certFile, keyFile)
+	env.cfg = cfg
 
 	st, err := bolt.Open(filepath.Join(o.DataDir, "ztna.db"), bolt.Options{Logger: o.Logger})
 	if err != nil {
@@ -343,7 +343,7 @@ func portSuffix(p int) string {
 
 // demoConfig is the edge config of the dev system: two apps on the whoami
 // upstream with rules that let some demo users in and keep others out.
-func demoConfig(o Options, authHost string, port int, issuer, upstream, certFile, keyFile string) *proxy.Config {
+func demoConfig(o Options, authHost string, port int, issuer string, upstreams map[string]string, echoAddr, certFile, keyFile string) *proxy.Config {
 	return &proxy.Config{
 		Listen:     edge.Config{Address: o.Listen, HTTPRedirectAddress: o.RedirectListen, AdminAddress: o.AdminListen},
 		AuthHost:   authHost,
@@ -356,15 +356,19 @@ func demoConfig(o Options, authHost string, port int, issuer, upstream, certFile
 		},
 		Apps: []proxy.AppConfig{
 			{
-				Name: "whoami", Host: "whoami." + o.Domain, Upstream: upstream,
+				Name: "whoami", Host: "whoami." + o.Domain, Upstream: "http://" + upstreams["whoami"], ProxyProtocol: "v2",
 				Rules: []groups.Rule{
 					{Name: "finance-read-only", Action: "deny", Groups: []string{"finance"}, Methods: []string{"POST", "PUT", "PATCH", "DELETE"}},
 					{Name: "employees", Groups: []string{"engineering", "finance"}},
 				},
 			},
 			{
-				Name: "secure", Host: "secure." + o.Domain, Upstream: upstream,
+				Name: "secure", Host: "secure." + o.Domain, Upstream: "http://" + upstreams["secure"], ProxyProtocol: "v2",
 				Rules: []groups.Rule{{Name: "security-team", Groups: []string{"security"}}},
+			},
+			{
+				Name: "echo", TCP: echoAddr, ProxyProtocol: "v2",
+				Rules: []groups.Rule{{Name: "engineering", Groups: []string{"engineering"}}},
 			},
 		},
 	}

@@ -1,6 +1,10 @@
 package devenv
 
 import (
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
 	"encoding/json"
 	"fmt"
 	"html/template"
@@ -19,13 +23,36 @@ import (
 // also the real upstream of the integration tests: /ws echoes WebSocket
 // messages, /stream streams server-sent events.
 type whoami struct {
-	verifiers map[string]*identity.Verifier // by app name (the assertion's audience)
-	appOf     func(host string) string
+	app      string
+	verifier *identity.Verifier // audience = app
+}
+
+// startWhoami serves whoami for app on a loopback port behind PROXY v2.
+func startWhoami(app string, v *identity.Verifier, logger *slog.Logger) (addr string, stop func(context.Context) error, err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	pln, err := identity.NewListener(ln, identity.ListenerConfig{Verifier: v, Logger: logger,
+		TrustedPeers: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	if err != nil {
+		ln.Close()
+		return "", nil, err
+	}
+	srv := &http.Server{Handler: &whoami{app: app, verifier: v}, ReadHeaderTimeout: 10 * time.Second,
+		ConnContext: connContext, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelDebug)}
+	go func() { _ = srv.Serve(pln) }()
+	return ln.Addr().String(), srv.Shutdown, nil
 }
 
 // WhoamiReport is what whoami answers with ?format=json.
 type WhoamiReport struct {
 	App           string            `json:"app"`
+	// ProxyIdentity is the identity verified from the PROXY v2 header of
+	// the connection the request came on.
+	ProxyIdentity *identity.Claims `json:"proxy_identity,omitempty"`
+	ProxyClient   string           `json:"proxy_client,omitempty"`
+	ProxyUniqueID string           `json:"proxy_unique_id,omitempty"`
 	Host          string            `json:"host"`
 	Method        string            `json:"method"`
 	Path          string            `json:"path"`
@@ -64,7 +91,7 @@ func (h *whoami) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (h *whoami) report(r *http.Request) WhoamiReport {
 	rep := WhoamiReport{
-		App: h.appOf(r.Header.Get("X-Forwarded-Host")), Host: r.Header.Get("X-Forwarded-Host"), Method: r.Method, Path: r.URL.Path,
+		App: h.app, Host: r.Header.Get("X-Forwarded-Host"), Method: r.Method, Path: r.URL.Path,
 		User: r.Header.Get("X-Forwarded-User"), Email: r.Header.Get("X-Forwarded-Email"),
 		Groups: r.Header.Get("X-Forwarded-Groups"), ForwardedFor: r.Header.Get("X-Forwarded-For"),
 		Headers: map[string]string{}, ReceivedAtUTC: time.Now().UTC().Format(time.RFC3339),
@@ -76,11 +103,18 @@ func (h *whoami) report(r *http.Request) WhoamiReport {
 		}
 		rep.Headers[k] = strings.Join(v, ", ")
 	}
-	v := h.verifiers[rep.App]
+	if c, ok := identity.ConnIdentity(r.Context()); ok {
+		rep.ProxyIdentity = c
+	}
+	if pc := proxyConn(r.Context()); pc != nil {
+		if a := pc.ClientAddr(); a != nil {
+			rep.ProxyClient = a.String()
+		}
+		rep.ProxyUniqueID = pc.UniqueID()
+	}
+	v := h.verifier
 	tok := r.Header.Get(identity.HeaderName)
 	switch {
-	case v == nil:
-		rep.VerifyError = "no verifier for this host"
 	case tok == "":
 		rep.VerifyError = "no assertion header"
 	default:
@@ -92,6 +126,23 @@ func (h *whoami) report(r *http.Request) WhoamiReport {
 		}
 	}
 	return rep
+}
+
+type proxyConnKey struct{}
+
+// connContext keeps the PROXY v2 connection with each request, so the page
+// can show the client address and unique ID the edge sent.
+func connContext(ctx context.Context, c net.Conn) context.Context {
+	ctx = identity.ConnContext(ctx, c)
+	if pc, ok := c.(*identity.Conn); ok {
+		ctx = context.WithValue(ctx, proxyConnKey{}, pc)
+	}
+	return ctx
+}
+
+func proxyConn(ctx context.Context) *identity.Conn {
+	pc, _ := ctx.Value(proxyConnKey{}).(*identity.Conn)
+	return pc
 }
 
 var upgrader = websocket.Upgrader{ReadBufferSize: 4096, WriteBufferSize: 4096}
@@ -161,6 +212,8 @@ code{word-break:break-all}</style></head><body>
 <p>Signed in as <strong id="user">{{.Email}}</strong> (<code id="sub">{{.User}}</code>), groups <code id="groups">{{.Groups}}</code>.</p>
 {{if .Verified}}<p class="ok" id="verified">Assertion verified with the edge's JWKS: audience <code>{{.Claims.Audience}}</code>, session <code>{{.Claims.SessionID}}</code>.</p>
 {{else}}<p class="bad" id="verified">Assertion NOT verified: {{.VerifyError}}</p>{{end}}
+{{if .ProxyIdentity}}<p class="ok" id="proxy">PROXY v2 identity verified on this connection: <strong>{{.ProxyIdentity.Email}}</strong>, audience <code>{{.ProxyIdentity.Audience}}</code>, client <code>{{.ProxyClient}}</code>, unique ID <code>{{.ProxyUniqueID}}</code>.</p>
+{{else}}<p class="bad" id="proxy">No PROXY v2 identity on this connection.</p>{{end}}
 <p>{{.Method}} <code>{{.Path}}</code> from <code>{{.ForwardedFor}}</code></p>
 <form method="get" action="/.ztna/logout"><button id="logout" type="submit">Sign out</button></form>
 <h2>Headers received</h2><table>{{range $k := keys .Headers}}<tr><td>{{$k}}</td><td><code>{{index $.Headers $k}}</code></td></tr>{{end}}</table>
