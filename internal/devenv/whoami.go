@@ -2,13 +2,13 @@ package devenv
 
 import (
 	"context"
-	"log/slog"
-	"net"
-	"net/netip"
 	"encoding/json"
 	"fmt"
 	"html/template"
+	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"sort"
 	"strings"
 	"time"
@@ -47,12 +47,12 @@ func startWhoami(app string, v *identity.Verifier, logger *slog.Logger) (addr st
 
 // WhoamiReport is what whoami answers with ?format=json.
 type WhoamiReport struct {
-	App           string            `json:"app"`
+	App string `json:"app"`
 	// ProxyIdentity is the identity verified from the PROXY v2 header of
 	// the connection the request came on.
-	ProxyIdentity *identity.Claims `json:"proxy_identity,omitempty"`
-	ProxyClient   string           `json:"proxy_client,omitempty"`
-	ProxyUniqueID string           `json:"proxy_unique_id,omitempty"`
+	ProxyIdentity *identity.Claims  `json:"proxy_identity,omitempty"`
+	ProxyClient   string            `json:"proxy_client,omitempty"`
+	ProxyUniqueID string            `json:"proxy_unique_id,omitempty"`
 	Host          string            `json:"host"`
 	Method        string            `json:"method"`
 	Path          string            `json:"path"`
