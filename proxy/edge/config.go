@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -59,17 +61,61 @@ type Config struct {
 	// carries Connection: close (HTTP/1.1 closes, HTTP/2 sends GOAWAY) and idle
 	// connections are closed. In-flight requests are never cut. 0 → off.
 	MaxConnectionDuration time.Duration `yaml:"max_connection_duration"`
+
+	// ProxyProtocol accepts PROXY protocol headers from load balancers in
+	// front of the edge, on the HTTPS and redirect listeners. Zero → off.
+	ProxyProtocol InboundProxy `yaml:"proxy_protocol"`
 }
+
+// InboundProxy configures PROXY protocol (v1 or v2) on the TCP listeners, so
+// the edge sees the real client address behind a load balancer: r.RemoteAddr
+// in handlers, audit events, X-Forwarded-For and outbound PROXY headers all
+// carry the header's source address.
+//
+// A header is honoured only from TrustedCIDRs; from anyone else it is an
+// error and the connection is closed, because otherwise any client could
+// claim any address. v1 headers are at most 107 bytes (spec); v2 headers may
+// carry at most 4096 bytes after their fixed 16 (go-proxyproto's default
+// MaxV2HeaderSize, which the edge leaves alone); larger ones are rejected.
+// Only TCP source addresses (TCP4/TCP6) are accepted; LOCAL (v2) and UNKNOWN
+// (v1) headers, which load balancers use for their own health checks, keep
+// the socket's addresses.
+//
+// HTTP/3 runs on UDP, where PROXY protocol does not apply: the HTTP/3
+// listener sees the load balancer's address unless the load balancer
+// forwards UDP transparently (direct server return, IP preserved). Turn
+// http3 off behind a load balancer that does not.
+type InboundProxy struct {
+	// TrustedCIDRs are the load balancers allowed to send a PROXY header (v1
+	// or v2) on the HTTPS listener and the redirect listener: CIDR prefixes
+	// ("10.0.0.0/8", "2001:db8::/32") or bare IPs (meaning /32 or /128).
+	// Empty → PROXY protocol is off: the edge does not look for headers at
+	// all.
+	TrustedCIDRs []string `yaml:"trusted_cidrs"`
+
+	// HeaderTimeout bounds reading the header, from the moment the
+	// connection is accepted. 0 → 5s.
+	HeaderTimeout time.Duration `yaml:"header_timeout"`
+
+	// Require makes a header mandatory from trusted peers: connections
+	// without one are closed. false → optional (trusted peers may also
+	// connect directly). Needs TrustedCIDRs.
+	Require bool `yaml:"require"`
+}
+
+// enabled reports whether the edge looks for PROXY headers at all.
+func (p InboundProxy) enabled() bool { return len(p.TrustedCIDRs) > 0 }
 
 // Defaults for the zero values of Config.
 const (
-	DefaultAddress           = ":443"
-	DefaultAdminAddress      = "127.0.0.1:9090"
-	DefaultReadHeaderTimeout = 10 * time.Second
-	DefaultIdleTimeout       = 2 * time.Minute
-	DefaultMaxHeaderBytes    = 64 << 10
-	DefaultDrainDelay        = 5 * time.Second
-	DefaultGraceTimeout      = 30 * time.Second
+	DefaultAddress            = ":443"
+	DefaultAdminAddress       = "127.0.0.1:9090"
+	DefaultReadHeaderTimeout  = 10 * time.Second
+	DefaultIdleTimeout        = 2 * time.Minute
+	DefaultMaxHeaderBytes     = 64 << 10
+	DefaultDrainDelay         = 5 * time.Second
+	DefaultGraceTimeout       = 30 * time.Second
+	DefaultProxyHeaderTimeout = 5 * time.Second
 
 	// AdminOff as AdminAddress disables the admin listener.
 	AdminOff = "off"
@@ -120,6 +166,20 @@ func (c Config) Validate() error {
 	if c.MaxHeaderBytes < 0 {
 		field("max_header_bytes", fmt.Errorf("must not be negative, got %d", c.MaxHeaderBytes))
 	}
+	pp := c.ProxyProtocol
+	for i, s := range pp.TrustedCIDRs {
+		if _, err := parseTrustedCIDR(s); err != nil {
+			field(fmt.Sprintf("proxy_protocol.trusted_cidrs[%d]", i), err)
+		}
+	}
+	if pp.HeaderTimeout < 0 {
+		field("proxy_protocol.header_timeout", fmt.Errorf("must not be negative, got %s", pp.HeaderTimeout))
+	}
+	if pp.Require && !pp.enabled() {
+		// Probably a list lost in editing; the operator expects every
+		// connection to carry a header, but none would be looked for.
+		field("proxy_protocol.require", errors.New("needs listen.proxy_protocol.trusted_cidrs (PROXY protocol is off without them)"))
+	}
 	return errors.Join(errs...)
 }
 
@@ -149,6 +209,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.GraceTimeout == 0 {
 		c.GraceTimeout = DefaultGraceTimeout
+	}
+	if c.ProxyProtocol.HeaderTimeout == 0 {
+		c.ProxyProtocol.HeaderTimeout = DefaultProxyHeaderTimeout
 	}
 	return c
 }
@@ -181,4 +244,33 @@ func sameFixedAddress(a, b string) bool {
 	na, _ := strconv.Atoi(pa)
 	nb, _ := strconv.Atoi(pb)
 	return na == nb && (ha == hb || ha == "" || hb == "")
+}
+
+// parseTrustedCIDR parses one trusted_cidrs entry: a CIDR prefix or a bare IP
+// (a single address). Host bits are cleared ("10.1.2.3/8" is 10.0.0.0/8) and
+// an IPv4-mapped IPv6 prefix becomes the IPv4 prefix it denotes, since peers
+// are matched by their unmapped address. Zones are refused: a prefix must
+// mean the same on every interface.
+func parseTrustedCIDR(s string) (netip.Prefix, error) {
+	var p netip.Prefix
+	if strings.Contains(s, "/") {
+		var err error
+		if p, err = netip.ParsePrefix(s); err != nil {
+			return netip.Prefix{}, fmt.Errorf("want a CIDR prefix or an IP address: %w", err)
+		}
+		p = p.Masked()
+	} else {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("want a CIDR prefix or an IP address: %w", err)
+		}
+		if a.Zone() != "" {
+			return netip.Prefix{}, fmt.Errorf("%q: IPv6 zones are not allowed", s)
+		}
+		p = netip.PrefixFrom(a, a.BitLen())
+	}
+	if p.Addr().Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	return p, nil
 }

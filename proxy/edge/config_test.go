@@ -31,6 +31,19 @@ func TestConfigValidate(t *testing.T) {
 		{"negative durations", Config{DrainDelay: -1, GraceTimeout: -time.Second, MaxConnectionDuration: -1},
 			[]string{"listen.drain_delay:", "listen.grace_timeout:", "listen.max_connection_duration:"}},
 		{"negative header bytes", Config{MaxHeaderBytes: -1}, []string{"listen.max_header_bytes:"}},
+		{"proxy protocol", Config{ProxyProtocol: InboundProxy{
+			TrustedCIDRs:  []string{"10.0.0.0/8", "192.0.2.1", "2001:db8::/32", "::1", "::ffff:10.0.0.0/104", "10.1.2.3/8"},
+			HeaderTimeout: time.Second, Require: true}}, nil},
+		{"proxy protocol bad cidr is named by index", Config{ProxyProtocol: InboundProxy{
+			TrustedCIDRs: []string{"10.0.0.0/8", "10.0.0.0/33", "not-an-ip", "", "fe80::1%eth0", " 10.0.0.1"}}},
+			[]string{"listen.proxy_protocol.trusted_cidrs[1]:", "listen.proxy_protocol.trusted_cidrs[2]:",
+				"listen.proxy_protocol.trusted_cidrs[3]:", "listen.proxy_protocol.trusted_cidrs[4]: \"fe80::1%eth0\": IPv6 zones",
+				"listen.proxy_protocol.trusted_cidrs[5]:"}},
+		{"proxy protocol negative timeout", Config{ProxyProtocol: InboundProxy{TrustedCIDRs: []string{"10.0.0.1"}, HeaderTimeout: -time.Second}},
+			[]string{"listen.proxy_protocol.header_timeout: must not be negative"}},
+		{"proxy protocol require without trusted peers", Config{ProxyProtocol: InboundProxy{Require: true}},
+			[]string{"listen.proxy_protocol.require: needs listen.proxy_protocol.trusted_cidrs"}},
+		{"proxy protocol timeout alone is harmless", Config{ProxyProtocol: InboundProxy{HeaderTimeout: time.Second}}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -58,12 +71,57 @@ func TestConfigDefaults(t *testing.T) {
 	if d.Address != ":443" || d.AdminAddress != "127.0.0.1:9090" || d.HTTP3 == nil || !*d.HTTP3 ||
 		d.ReadHeaderTimeout != 10*time.Second || d.ReadTimeout != 0 || d.IdleTimeout != 2*time.Minute ||
 		d.MaxHeaderBytes != 64<<10 || d.DrainDelay != 5*time.Second || d.GraceTimeout != 30*time.Second ||
-		d.MaxConnectionDuration != 0 || d.HTTPRedirectAddress != "" {
+		d.MaxConnectionDuration != 0 || d.HTTPRedirectAddress != "" ||
+		d.ProxyProtocol.HeaderTimeout != 5*time.Second || d.ProxyProtocol.enabled() || d.ProxyProtocol.Require {
 		t.Fatalf("defaults: %+v", d)
 	}
 	off := false
 	if d := (Config{HTTP3: &off}).withDefaults(); *d.HTTP3 {
 		t.Error("http3: false became true")
+	}
+}
+
+func TestParseTrustedCIDR(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"10.0.0.0/8", "10.0.0.0/8"},
+		{"10.1.2.3/8", "10.0.0.0/8"}, // host bits cleared
+		{"192.0.2.1", "192.0.2.1/32"},
+		{"2001:db8::1", "2001:db8::1/128"},
+		{"2001:db8::/32", "2001:db8::/32"},
+		{"::ffff:10.0.0.0/104", "10.0.0.0/8"}, // peers are matched unmapped
+		{"::ffff:192.0.2.1", "192.0.2.1/32"},
+		{"0.0.0.0/0", "0.0.0.0/0"},
+	}
+	for _, tt := range tests {
+		got, err := parseTrustedCIDR(tt.in)
+		if err != nil || got.String() != tt.want {
+			t.Errorf("parseTrustedCIDR(%q) = %v, %v; want %s", tt.in, got, err, tt.want)
+		}
+	}
+	p, err := newInboundPolicy(InboundProxy{TrustedCIDRs: []string{"10.0.0.0/8", "::ffff:192.0.2.0/120", "2001:db8::/32"}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peers := []struct {
+		addr    net.Addr
+		trusted bool
+	}{
+		{&net.TCPAddr{IP: net.ParseIP("10.9.8.7"), Port: 1}, true},
+		{&net.TCPAddr{IP: net.ParseIP("::ffff:10.9.8.7"), Port: 1}, true}, // IPv4 peer on a dual-stack socket
+		{&net.TCPAddr{IP: net.ParseIP("192.0.2.200"), Port: 1}, true},
+		{&net.TCPAddr{IP: net.ParseIP("2001:db8::5"), Port: 1}, true},
+		{&net.TCPAddr{IP: net.ParseIP("11.0.0.1"), Port: 1}, false},
+		{&net.TCPAddr{IP: net.ParseIP("2001:db9::5"), Port: 1}, false},
+		{&net.TCPAddr{}, false},
+		{&net.UnixAddr{Name: "/x", Net: "unix"}, false},
+	}
+	for _, pt := range peers {
+		if got := p.trusts(pt.addr); got != pt.trusted {
+			t.Errorf("trusts(%v) = %v, want %v", pt.addr, got, pt.trusted)
+		}
+	}
+	if p.timeout != DefaultProxyHeaderTimeout {
+		t.Errorf("header timeout %s, want the default %s", p.timeout, DefaultProxyHeaderTimeout)
 	}
 }
 

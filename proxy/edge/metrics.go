@@ -14,9 +14,18 @@ const (
 	protoH3 = "h3"
 )
 
+// Reason label values for ztna_edge_proxy_protocol_rejected_total.
+const (
+	rejectUntrusted = "untrusted_header" // a PROXY header (or its start) from a peer outside trusted_cidrs
+	rejectBad       = "bad_header"       // a trusted peer's header is malformed, truncated, too large or not TCP
+	rejectTimeout   = "timeout"          // no complete header within header_timeout
+	rejectMissing   = "missing_header"   // require: true and a trusted peer sent no header
+)
+
 type metrics struct {
-	open      *prometheus.GaugeVec   // ztna_edge_connections_open{proto}
-	maxClosed *prometheus.CounterVec // ztna_edge_connections_max_duration_closed_total{proto}
+	open          *prometheus.GaugeVec   // ztna_edge_connections_open{proto}
+	maxClosed     *prometheus.CounterVec // ztna_edge_connections_max_duration_closed_total{proto}
+	proxyRejected *prometheus.CounterVec // ztna_edge_proxy_protocol_rejected_total{reason}
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -29,11 +38,18 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "ztna_edge_connections_max_duration_closed_total",
 			Help: "Client connections told to close (Connection: close / GOAWAY) or closed while idle because they outlived listen.max_connection_duration, by protocol.",
 		}, []string{"proto"}),
+		proxyRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ztna_edge_proxy_protocol_rejected_total",
+			Help: "Connections closed by the inbound PROXY protocol check (listen.proxy_protocol), by reason: untrusted_header, bad_header, timeout, missing_header.",
+		}, []string{"reason"}),
 	}
 	// Initialise the label values so dashboards see zeros, not gaps.
 	for _, p := range []string{protoH1, protoH2, protoH3} {
 		m.open.WithLabelValues(p)
 		m.maxClosed.WithLabelValues(p)
+	}
+	for _, r := range []string{rejectUntrusted, rejectBad, rejectTimeout, rejectMissing} {
+		m.proxyRejected.WithLabelValues(r)
 	}
 	if reg == nil {
 		return m, nil
@@ -43,6 +59,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return nil, err
 	}
 	if m.maxClosed, err = register(reg, m.maxClosed); err != nil {
+		return nil, err
+	}
+	if m.proxyRejected, err = register(reg, m.proxyRejected); err != nil {
 		return nil, err
 	}
 	return m, nil

@@ -55,6 +55,7 @@ type Server struct {
 	log     *slog.Logger
 	metrics *metrics
 	conns   *connTracker
+	inbound *inboundPolicy // nil when listen.proxy_protocol is off
 
 	inflight inflightCounter
 	serving  atomic.Bool
@@ -123,6 +124,9 @@ func New(cfg Config, opts Options) (*Server, error) {
 		shutdownDone: make(chan struct{}),
 		janitorStop:  make(chan struct{}),
 	}
+	if s.inbound, err = newInboundPolicy(s.cfg.ProxyProtocol, m, s.log); err != nil {
+		return nil, fmt.Errorf("edge: listen.proxy_protocol: %w", err)
+	}
 	s.baseCtx, s.baseCancel = context.WithCancel(context.Background())
 	return s, nil
 }
@@ -159,15 +163,23 @@ func (s *Server) Start() error {
 	}
 	s.build()
 
+	httpsLn, redirectLn := s.tcpLn, s.redirectLn
+	if s.inbound != nil {
+		httpsLn = s.inbound.listener(httpsLn, "https")
+		if redirectLn != nil {
+			redirectLn = s.inbound.listener(redirectLn, "http-redirect")
+		}
+		s.warnInbound()
+	}
 	s.goServe("https", func() error {
-		return s.https.ServeTLS(&trackedListener{Listener: s.tcpLn, t: s.conns}, "", "")
+		return s.https.ServeTLS(&trackedListener{Listener: httpsLn, t: s.conns}, "", "")
 	})
 	if s.h3 != nil {
 		checkUDPBuffers(s.udpConn, quicBufferSize, &udpBufferWarnOnce, s.log)
 		s.goServe("http3", func() error { return s.h3.Serve(s.udpConn) })
 	}
 	if s.redirect != nil {
-		s.goServe("http-redirect", func() error { return s.redirect.Serve(s.redirectLn) })
+		s.goServe("http-redirect", func() error { return s.redirect.Serve(redirectLn) })
 	}
 	if s.admin != nil {
 		s.goServe("admin", func() error { return s.admin.Serve(s.adminLn) })
@@ -178,8 +190,23 @@ func (s *Server) Start() error {
 	s.started = true
 	s.serving.Store(true)
 	s.log.Info("edge: listening", "https", addrString(s.tcpLn), "http3", s.udpConn != nil,
-		"http_redirect", addrString(s.redirectLn), "admin", addrString(s.adminLn))
+		"http_redirect", addrString(s.redirectLn), "admin", addrString(s.adminLn),
+		"proxy_protocol", s.inbound != nil)
 	return nil
+}
+
+// warnInbound logs what PROXY protocol cannot do in this configuration.
+func (s *Server) warnInbound() {
+	if s.h3 != nil {
+		s.log.Warn("edge: listen.proxy_protocol covers TCP only: HTTP/3 (UDP) clients appear with the load balancer's address unless it forwards UDP transparently; set listen.http3: false otherwise",
+			"trusted_cidrs", s.cfg.ProxyProtocol.TrustedCIDRs)
+	}
+	for _, pfx := range s.inbound.trusted {
+		if pfx.Bits() == 0 {
+			s.log.Warn("edge: listen.proxy_protocol trusts every address: any client can claim any source address",
+				"trusted_cidr", pfx.String())
+		}
+	}
 }
 
 func (s *Server) bind() error {

@@ -24,19 +24,20 @@ const (
 
 // Claims is the identity the edge asserts to an app.
 type Claims struct {
-	Issuer    string   `json:"iss"` // the edge's issuer URL, e.g. https://auth.corp.example
-	Subject   string   `json:"sub"` // user ID
-	Audience  string   `json:"aud"` // the app name
-	Email     string   `json:"email,omitempty"`
-	Name      string   `json:"name,omitempty"`
-	Groups    []string `json:"groups,omitempty"`
-	Device    string   `json:"device,omitempty"`  // device ID (empty until device trust lands)
-	Posture   string   `json:"posture,omitempty"` // posture verdict (empty until then)
-	SessionID string   `json:"sid,omitempty"`     // a non-secret session reference (hash), for audit correlation
-	IssuedAt  int64    `json:"iat"`
-	NotBefore int64    `json:"nbf"`
-	Expiry    int64    `json:"exp"`
-	ID        string   `json:"jti"`
+	Issuer          string   `json:"iss"` // the edge's issuer URL, e.g. https://auth.corp.example
+	Subject         string   `json:"sub"` // user ID
+	Audience        string   `json:"aud"` // the app name
+	Email           string   `json:"email,omitempty"`
+	Name            string   `json:"name,omitempty"`
+	Groups          []string `json:"groups,omitempty"`
+	GroupsTruncated bool     `json:"groups_truncated,omitempty"` // Groups is only a prefix of the user's groups: the rest did not fit (see SignFitting)
+	Device          string   `json:"device,omitempty"`           // device ID (empty until device trust lands)
+	Posture         string   `json:"posture,omitempty"`          // posture verdict (empty until then)
+	SessionID       string   `json:"sid,omitempty"`              // a non-secret session reference (hash), for audit correlation
+	IssuedAt        int64    `json:"iat"`
+	NotBefore       int64    `json:"nbf"`
+	Expiry          int64    `json:"exp"`
+	ID              string   `json:"jti"`
 }
 
 // Errors returned (wrapped) by Verify and Sign. Test for them with errors.Is;

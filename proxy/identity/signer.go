@@ -51,18 +51,91 @@ func (s *Signer) KeyID() string { return s.kid }
 // verifier would accept: no Issuer, Subject or Audience, no Expiry, or a token
 // longer than DefaultMaxTokenBytes.
 func (s *Signer) Sign(c Claims) (string, error) {
+	if err := s.complete(&c); err != nil {
+		return "", err
+	}
+	payload, err := json.Marshal(c)
+	if err != nil {
+		return "", fmt.Errorf("identity: sign: %w", err)
+	}
+	return s.signPayload(payload, DefaultMaxTokenBytes)
+}
+
+// SignFitting signs c like Sign, but keeps the token within maxBytes (and
+// within DefaultMaxTokenBytes) by dropping groups from the end of c.Groups,
+// keeping the order given, and setting GroupsTruncated. The edge uses it for
+// carriers with a hard size limit, such as the PROXY v2 identity TLV
+// (MaxTLVTokenBytes); the caller orders the groups by importance. If the
+// token does not fit even without groups, SignFitting returns an error
+// wrapping ErrTooLarge: it never returns a token longer than maxBytes.
+func (s *Signer) SignFitting(c Claims, maxBytes int) (string, error) {
+	if maxBytes <= 0 {
+		return "", fmt.Errorf("identity: sign: %w: limit %d bytes", ErrTooLarge, maxBytes)
+	}
+	limit := min(maxBytes, DefaultMaxTokenBytes)
+	// Defaults are filled once so every attempt below differs only in the
+	// groups, and the size of each attempt is that of the token returned.
+	if err := s.complete(&c); err != nil {
+		return "", err
+	}
+	all, truncated := c.Groups, c.GroupsTruncated
+	payloadWith := func(k int) ([]byte, error) {
+		c.Groups = all[:k:k]
+		c.GroupsTruncated = truncated || k < len(all)
+		p, err := json.Marshal(c)
+		if err != nil {
+			return nil, fmt.Errorf("identity: sign: %w", err)
+		}
+		return p, nil
+	}
+	payload, err := payloadWith(len(all))
+	if err != nil {
+		return "", err
+	}
+	if s.tokenSize(len(payload)) <= limit {
+		return s.signPayload(payload, limit)
+	}
+	if payload, err = payloadWith(0); err != nil {
+		return "", err
+	}
+	if size := s.tokenSize(len(payload)); size > limit {
+		return "", fmt.Errorf("identity: sign: %w: %d bytes without any groups (limit %d)", ErrTooLarge, size, limit)
+	}
+	// The size grows with the number of groups kept, so a binary search finds
+	// the most that fit. The token's size is known from the payload alone
+	// (the header and the signature have fixed sizes), so only the JSON
+	// encoding is repeated; the one signature is made at the end.
+	lo, hi := 0, len(all) // lo groups fit, hi do not
+	for hi-lo > 1 {
+		mid := lo + (hi-lo)/2
+		p, err := payloadWith(mid)
+		if err != nil {
+			return "", err
+		}
+		if s.tokenSize(len(p)) <= limit {
+			lo, payload = mid, p
+		} else {
+			hi = mid
+		}
+	}
+	return s.signPayload(payload, limit)
+}
+
+// complete fills in the defaults Sign documents and checks the claims every
+// verifier requires.
+func (s *Signer) complete(c *Claims) error {
 	if c.Issuer == "" {
 		c.Issuer = s.issuer
 	}
 	switch {
 	case c.Issuer == "":
-		return "", fmt.Errorf("identity: sign: %w: iss", ErrMissingClaim)
+		return fmt.Errorf("identity: sign: %w: iss", ErrMissingClaim)
 	case c.Subject == "":
-		return "", fmt.Errorf("identity: sign: %w: sub", ErrMissingClaim)
+		return fmt.Errorf("identity: sign: %w: sub", ErrMissingClaim)
 	case c.Audience == "":
-		return "", fmt.Errorf("identity: sign: %w: aud", ErrMissingClaim)
+		return fmt.Errorf("identity: sign: %w: aud", ErrMissingClaim)
 	case c.Expiry == 0:
-		return "", fmt.Errorf("identity: sign: %w: exp", ErrMissingClaim)
+		return fmt.Errorf("identity: sign: %w: exp", ErrMissingClaim)
 	}
 	if c.IssuedAt == 0 {
 		c.IssuedAt = s.now().Unix()
@@ -75,14 +148,23 @@ func (s *Signer) Sign(c Claims) (string, error) {
 		rand.Read(id[:])
 		c.ID = base64.RawURLEncoding.EncodeToString(id[:])
 	}
-	payload, err := json.Marshal(c)
-	if err != nil {
-		return "", fmt.Errorf("identity: sign: %w", err)
-	}
+	return nil
+}
+
+// tokenSize is the length of the token whose JSON claims are payloadLen
+// bytes long.
+func (s *Signer) tokenSize(payloadLen int) int {
 	enc := base64.RawURLEncoding
-	size := len(s.prefix) + enc.EncodedLen(len(payload)) + 1 + enc.EncodedLen(sigLen)
-	if size > DefaultMaxTokenBytes {
-		return "", fmt.Errorf("identity: sign: %w: %d bytes (limit %d); too many groups?", ErrTooLarge, size, DefaultMaxTokenBytes)
+	return len(s.prefix) + enc.EncodedLen(payloadLen) + 1 + enc.EncodedLen(sigLen)
+}
+
+// signPayload returns the compact JWS of the JSON claims payload, refusing
+// to produce a token longer than limit.
+func (s *Signer) signPayload(payload []byte, limit int) (string, error) {
+	enc := base64.RawURLEncoding
+	size := s.tokenSize(len(payload))
+	if size > limit {
+		return "", fmt.Errorf("identity: sign: %w: %d bytes (limit %d); too many groups?", ErrTooLarge, size, limit)
 	}
 	buf := make([]byte, 0, size)
 	buf = append(buf, s.prefix...)
