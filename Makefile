@@ -15,6 +15,7 @@ FUZZ_TARGETS := \
 	./authn:FuzzParseSessionID \
 	./proxy:FuzzCanonicalPath \
 	./proxy/identity:FuzzVerify \
+	./proxy/identity:FuzzListenerHeader \
 	./proxy/edge:FuzzRedirectHost \
 	./internal/config:FuzzParse \
 	./groups:FuzzDecide

@@ -61,7 +61,10 @@ type Duration = time.Duration
 
 // Ref is a short, non-secret reference to the session for logs, audit
 // events and assertions.
-func (s Session) Ref() string { return s.Key[:16] }
+func (s Session) Ref() string { return RefOf(s.Key) }
+
+// RefOf is the reference of the session with store key key.
+func RefOf(key string) string { return key[:16] }
 
 // LogValue keeps secrets out of logs whatever a caller passes to slog.
 func (s Session) LogValue() slog.Value {

@@ -80,6 +80,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Edge, error) {
 	e.live = newLiveRegistry(e.logger)
 	e.sessions.OnRevoke(func(key string) {
 		e.assertions.dropSession(key)
+		e.pools.dropSession(authn.RefOf(key))
 		e.live.revokeSession(key, "session ended")
 	})
 	if err := e.Apply(ctx, cfg); err != nil {

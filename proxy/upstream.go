@@ -193,6 +193,20 @@ func (p *identityPools) sweep(now time.Time) {
 	p.metrics.pools.Set(float64(len(p.m)))
 }
 
+// dropSession closes the pools of a session that ended: its idle
+// connections carry an identity nobody may use any more.
+func (p *identityPools) dropSession(ref string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k, ip := range p.m {
+		if k.session == ref {
+			ip.tr.CloseIdleConnections()
+			delete(p.m, k)
+		}
+	}
+	p.metrics.pools.Set(float64(len(p.m)))
+}
+
 // closeAll closes every pool (shutdown).
 func (p *identityPools) closeAll() {
 	p.mu.Lock()

@@ -124,8 +124,10 @@ func (c *bytesConn) Close() error {
 	return nil
 }
 
-func (c *bytesConn) LocalAddr() net.Addr              { return testEdgeAddr }
-func (c *bytesConn) RemoteAddr() net.Addr             { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000} }
+func (c *bytesConn) LocalAddr() net.Addr { return testEdgeAddr }
+func (c *bytesConn) RemoteAddr() net.Addr {
+	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}
+}
 func (c *bytesConn) SetDeadline(time.Time) error      { return nil }
 func (c *bytesConn) SetReadDeadline(time.Time) error  { return nil }
 func (c *bytesConn) SetWriteDeadline(time.Time) error { return nil }
