@@ -17,6 +17,7 @@ FUZZ_TARGETS := \
 	./proxy/identity:FuzzVerify \
 	./proxy/identity:FuzzListenerHeader \
 	./proxy/edge:FuzzRedirectHost \
+	./proxy/edge:FuzzInboundProxyHeader \
 	./internal/config:FuzzParse \
 	./groups:FuzzDecide
 
@@ -40,7 +41,7 @@ fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; fn=$${t##*:}; \
 		echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
-		$(GO) test -run='^$$' -fuzz="^$$fn$$" -fuzztime=$(FUZZTIME) $$pkg; \
+		$(GO) test -run='^$$' -fuzz="^$$fn$$" -fuzztime=$(FUZZTIME) -fuzzminimizetime=3s $$pkg; \
 	done
 
 test: vet unit fuzz

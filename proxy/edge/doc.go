@@ -6,8 +6,19 @@
 // force close) and enforces max_connection_duration so maintenance can move
 // clients to another replica.
 //
+// Behind a load balancer it accepts PROXY protocol headers (v1 and v2) on the
+// HTTPS and redirect listeners from listen.proxy_protocol.trusted_cidrs only,
+// so the connection's RemoteAddr — and with it r.RemoteAddr, audit events,
+// X-Forwarded-For and outbound PROXY headers — is the real client. A header
+// from any other peer, or a malformed, oversized or late one from a trusted
+// peer, closes the connection (ztna_edge_proxy_protocol_rejected_total). The
+// header is read in the connection's own goroutine, bounded by header_timeout,
+// never in Accept. HTTP/3 (UDP) is outside PROXY protocol: it sees the load
+// balancer's address unless that forwards UDP transparently.
+//
 // It serves whatever http.Handler it is given. It must never know about
 // authentication, sessions, apps or policy, never inspect or log request
-// contents beyond what a listener needs (Host for the redirect), and never
-// reflect a client-supplied Host anywhere except a validated redirect Location.
+// contents beyond what a listener needs (Host for the redirect), never
+// reflect a client-supplied Host anywhere except a validated redirect
+// Location, and never take a client address from a peer it does not trust.
 package edge

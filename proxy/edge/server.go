@@ -514,12 +514,17 @@ func (s *Server) shutdown(ctx context.Context) error {
 	defer cancelGrace()
 
 	// Each server's Shutdown closes its listener first, then waits for its
-	// requests; http3's also sends GOAWAY and, when graceCtx ends, closes
-	// its connections and waits for its handlers.
+	// requests; http3's also sends GOAWAY and, when its context ends, closes
+	// its connections and waits for its handlers. That context ends only
+	// after BaseContext is cancelled below, so an HTTP/3 handler cut off at
+	// the end of the grace period sees why, like the h1/h2 ones do (with
+	// graceCtx, http3 raced the cancellation).
+	h3Ctx, cutH3 := context.WithCancel(context.Background())
+	defer cutH3()
 	var servers sync.WaitGroup
 	servers.Go(func() { _ = s.https.Shutdown(graceCtx) })
 	if s.h3 != nil {
-		servers.Go(func() { _ = s.h3.Shutdown(graceCtx) })
+		servers.Go(func() { _ = s.h3.Shutdown(h3Ctx) })
 	}
 	if s.redirect != nil {
 		servers.Go(func() { _ = s.redirect.Shutdown(graceCtx) })
@@ -544,6 +549,7 @@ func (s *Server) shutdown(ctx context.Context) error {
 	var errs []error
 	if !graceful {
 		s.baseCancel()
+		cutH3()
 		running := s.inflight.count()
 		_ = s.https.Close()
 		if s.redirect != nil {
