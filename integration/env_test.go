@@ -112,6 +112,12 @@ func extrasOf(t *testing.T, env *devenv.Env) *envExtras {
 // is printed only if the test fails.
 func newEnv(t *testing.T) *devenv.Env {
 	t.Helper()
+	return newEnvWith(t, nil)
+}
+
+// newEnvWith is newEnv with options adjusted by tune (nil: none).
+func newEnvWith(t *testing.T, tune func(*devenv.Options)) *devenv.Env {
+	t.Helper()
 	audit, logs := &syncBuffer{}, &syncBuffer{}
 	var out io.Writer = logs
 	if testing.Verbose() {
@@ -131,7 +137,7 @@ func newEnv(t *testing.T) *devenv.Env {
 	logger := slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	env, err := devenv.Start(ctx, devenv.Options{
+	opts := devenv.Options{
 		DataDir:      t.TempDir(),
 		Listen:       "127.0.0.1:0",
 		AdminListen:  "127.0.0.1:0",
@@ -139,7 +145,11 @@ func newEnv(t *testing.T) *devenv.Env {
 		Audit:        audit,
 		Logger:       logger,
 		GraceTimeout: 2 * time.Second,
-	})
+	}
+	if tune != nil {
+		tune(&opts)
+	}
+	env, err := devenv.Start(ctx, opts)
 	if err != nil {
 		t.Fatalf("start dev env: %v", err)
 	}

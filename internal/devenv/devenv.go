@@ -48,6 +48,9 @@ type Options struct {
 	Listen string
 	// RedirectListen is the plain-HTTP redirect address. "" → off.
 	RedirectListen string
+	// ProxyProtocol lets a load balancer in front send PROXY headers
+	// (tests of the inbound path). Zero → off.
+	ProxyProtocol edge.InboundProxy
 	// AdminListen serves /healthz, /readyz, /metrics. "" → 127.0.0.1:9090;
 	// "off" disables it.
 	AdminListen string
@@ -144,7 +147,7 @@ func Start(ctx context.Context, o Options) (env *Env, err error) {
 
 	late := &lateEdge{}
 	srv, err := edge.New(edge.Config{
-		Address: o.Listen, HTTPRedirectAddress: o.RedirectListen, AdminAddress: o.AdminListen,
+		Address: o.Listen, HTTPRedirectAddress: o.RedirectListen, AdminAddress: o.AdminListen, ProxyProtocol: o.ProxyProtocol,
 		DrainDelay: o.DrainDelay, GraceTimeout: o.GraceTimeout,
 	}, edge.Options{
 		Handler:    late,
@@ -345,7 +348,8 @@ func portSuffix(p int) string {
 // upstream with rules that let some demo users in and keep others out.
 func demoConfig(o Options, authHost string, port int, issuer string, upstreams map[string]string, echoAddr, certFile, keyFile string) *proxy.Config {
 	return &proxy.Config{
-		Listen:     edge.Config{Address: o.Listen, HTTPRedirectAddress: o.RedirectListen, AdminAddress: o.AdminListen},
+		Listen: edge.Config{Address: o.Listen, HTTPRedirectAddress: o.RedirectListen, AdminAddress: o.AdminListen,
+			ProxyProtocol: o.ProxyProtocol},
 		AuthHost:   authHost,
 		PublicPort: port,
 		DataDir:    o.DataDir,
