@@ -205,6 +205,10 @@ func TestReload(t *testing.T) {
 func TestReloadWatchFile(t *testing.T) {
 	env, path := reloadEnv(t)
 	bob := loginAs(t, env, "whoami", "bob", bobPassword)
+	// Serve the file's config, so the watcher's baseline is that file.
+	if !env.Edge.Reload(context.Background(), path) {
+		t.Fatalf("reloading the edge's own config failed:\n%s", processLog(t, env))
+	}
 	v0 := env.Edge.State().Version
 
 	ctx, cancel := context.WithCancel(context.Background())

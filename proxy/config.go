@@ -1,9 +1,12 @@
 package proxy
 
 import (
+	"crypto/sha256"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -44,6 +47,10 @@ type Config struct {
 	Log LogConfig `yaml:"log"`
 	// Pool bounds the per-identity upstream pools of proxy_protocol apps.
 	Pool PoolConfig `yaml:"pool"`
+
+	// sourceHash is the SHA-256 of the file the config was loaded from
+	// (nil for configs built in code): the baseline of the file watcher.
+	sourceHash []byte
 }
 
 // TLSConfig names PEM files.
@@ -121,15 +128,32 @@ var (
 // LoadConfig reads, defaults and validates the config file at path. Errors
 // name the file, line and field.
 func LoadConfig(path string) (*Config, error) {
-	var c Config
-	doc, err := config.Load(path, &c)
+	data, err := readConfigFile(path)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.validate(doc); err != nil {
+	c, err := ParseConfig(path, data)
+	if err != nil {
 		return nil, err
 	}
-	return &c, nil
+	h := sha256.Sum256(data)
+	c.sourceHash = h[:]
+	return c, nil
+}
+
+// readConfigFile reads at most config.MaxFileSize+1 bytes (Parse reports
+// the oversize).
+func readConfigFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, config.MaxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return data, nil
 }
 
 // ParseConfig is LoadConfig for bytes; name is used in errors.

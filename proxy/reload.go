@@ -23,7 +23,12 @@ func (e *Edge) WatchConfig(ctx context.Context, path string, interval time.Durat
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	last := fileHash(path)
+	// The baseline is the file the serving config came from, so a change
+	// made between loading it and starting the watcher is not missed.
+	last := e.State().Config.sourceHash
+	if last == nil {
+		last = fileHash(path)
+	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
