@@ -24,14 +24,8 @@ const (
 // v2: it greets each connection with the identity the edge signed for it,
 // then echoes lines back.
 func startEcho(v *identity.Verifier, logger *slog.Logger) (addr string, stop func(context.Context) error, err error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	pln, err := listenBehindEdge(v, logger)
 	if err != nil {
-		return "", nil, err
-	}
-	pln, err := identity.NewListener(ln, identity.ListenerConfig{Verifier: v, Logger: logger,
-		TrustedPeers: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
-	if err != nil {
-		ln.Close()
 		return "", nil, err
 	}
 	var wg sync.WaitGroup
@@ -71,7 +65,7 @@ func startEcho(v *identity.Verifier, logger *slog.Logger) (addr string, stop fun
 		wg.Wait()
 		return err
 	}
-	return ln.Addr().String(), stop, nil
+	return pln.Addr().String(), stop, nil
 }
 
 func serveEcho(c net.Conn, logger *slog.Logger) {
@@ -98,4 +92,20 @@ func serveEcho(c net.Conn, logger *slog.Logger) {
 			return
 		}
 	}
+}
+
+// listenBehindEdge listens on a loopback port for connections from the edge
+// only: each must start with a PROXY v2 header whose identity v verifies.
+func listenBehindEdge(v *identity.Verifier, logger *slog.Logger) (net.Listener, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	pln, err := identity.NewListener(ln, identity.ListenerConfig{Verifier: v, Logger: logger,
+		TrustedPeers: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return pln, nil
 }

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"sort"
 	"strings"
 	"time"
@@ -29,20 +28,14 @@ type whoami struct {
 
 // startWhoami serves whoami for app on a loopback port behind PROXY v2.
 func startWhoami(app string, v *identity.Verifier, logger *slog.Logger) (addr string, stop func(context.Context) error, err error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	pln, err := listenBehindEdge(v, logger)
 	if err != nil {
-		return "", nil, err
-	}
-	pln, err := identity.NewListener(ln, identity.ListenerConfig{Verifier: v, Logger: logger,
-		TrustedPeers: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
-	if err != nil {
-		ln.Close()
 		return "", nil, err
 	}
 	srv := &http.Server{Handler: &whoami{app: app, verifier: v}, ReadHeaderTimeout: 10 * time.Second,
 		ConnContext: connContext, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelDebug)}
 	go func() { _ = srv.Serve(pln) }()
-	return ln.Addr().String(), srv.Shutdown, nil
+	return pln.Addr().String(), srv.Shutdown, nil
 }
 
 // WhoamiReport is what whoami answers with ?format=json.
