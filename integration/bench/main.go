@@ -2,8 +2,13 @@
 // keep-alive requests with small responses, each carrying a logged-in
 // session, through the full ztna pipeline (route → identify → authorize →
 // audit → forward with a signed identity), compared in the same run with a
-// bare httputil.ReverseProxy and with the upstream alone. `make bench` runs
-// it and the README reports its table.
+// bare httputil.ReverseProxy, with the upstream alone, and with the same
+// pipeline to an app behind PROXY v2 (the signed identity in the header of
+// each pooled upstream connection, verified by the app's
+// identity.NewListener). It also measures how many new connections per
+// second a tunnel could open to a TCP app, plain and through Edge.DialTCP
+// with the PROXY v2 identity. `make bench` runs it and the README reports
+// its tables.
 //
 // How: the harness re-executes itself as a server child pinned to one CPU
 // (taskset, GOMAXPROCS=1) that runs the upstream, the bare proxy and the
@@ -11,7 +16,10 @@
 // process, and logs in once as a demo user through the real OIDC flow. wrk,
 // pinned to another CPU, loads each target in turn; the harness reads the
 // child's CPU time from /proc before and after each run and asks the
-// upstream how many requests arrived and how many carried X-Ztna-Assertion.
+// upstream how many requests arrived, how many carried X-Ztna-Assertion and
+// how many came on a connection with a verified PROXY v2 identity. The
+// new-connection rates are measured inside the child (the harness sends it
+// a command), so the dialers' CPU is counted on the child's CPU.
 // The targets are reached by URL only, so a faster forwarding core inside
 // the edge is measured by the same command without changing this harness.
 //
@@ -44,6 +52,10 @@ type options struct {
 	cpuProfile  string
 	target      float64
 	strict      bool
+
+	dialDuration time.Duration
+	dialWarmup   time.Duration
+	dialWorkers  int
 }
 
 func main() {
@@ -52,12 +64,15 @@ func main() {
 	flag.DurationVar(&o.duration, "duration", 8*time.Second, "measured duration of each wrk run")
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "warm-up before each measured run (not counted)")
 	flag.IntVar(&o.connections, "connections", 32, "keep-alive connections wrk keeps open")
-	flag.IntVar(&o.rounds, "rounds", 3, "how many times the direct/bare/ztna trio is measured; the table shows the median")
+	flag.IntVar(&o.rounds, "rounds", 3, "how many times the four targets (direct, bare, ztna, ztna+PPv2) are measured; the table shows the median")
 	flag.IntVar(&o.serverCPU, "server-cpu", -1, "CPU the server child (upstream + proxies) is pinned to; -1 → the second allowed CPU")
 	flag.IntVar(&o.clientCPU, "client-cpu", -1, "CPU wrk is pinned to; -1 → the first allowed CPU")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "after the measured rounds, run the ztna target once more with the child's CPU profile written to this file")
 	flag.Float64Var(&o.target, "target", 0.80, "the goal: ztna req/s ÷ bare-proxy req/s")
 	flag.BoolVar(&o.strict, "require-target", false, "exit non-zero when the goal is not met")
+	flag.DurationVar(&o.dialDuration, "dial-duration", 3*time.Second, "measured duration of each new-connection run (plain, PROXY v2); 0 skips them")
+	flag.DurationVar(&o.dialWarmup, "dial-warmup", 500*time.Millisecond, "warm-up before each new-connection run")
+	flag.IntVar(&o.dialWorkers, "dial-workers", 4, "concurrent dialers in the server child")
 	flag.Parse()
 
 	if *serve {
@@ -100,6 +115,12 @@ func (o *options) check() error {
 		return errors.New("-rounds must be 1–20")
 	case o.target <= 0:
 		return errors.New("-target must be positive")
+	case o.dialDuration < 0 || o.dialDuration > 20*time.Second:
+		return errors.New("-dial-duration must be 0–20s")
+	case o.dialWarmup < 0 || o.dialWarmup > 5*time.Second:
+		return errors.New("-dial-warmup must be 0–5s")
+	case o.dialWorkers < 1 || o.dialWorkers > 64:
+		return errors.New("-dial-workers must be 1–64")
 	}
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httputil"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/signal"
@@ -35,13 +36,23 @@ import (
 	"github.com/ztna-dev/ztna/proxy/identity"
 )
 
-// The bench app on the edge and the demo user who loads it.
+// The bench apps on the edge and the demo user who loads them.
 const (
 	benchApp      = "bench"
 	benchHost     = "bench.localhost"
 	benchUser     = "alice"
 	benchPassword = "alice-password"
+	benchSubject  = "u-alice" // the demo user's subject at the dev IdP
 	benchGroup    = "engineering"
+
+	// ppApp is the same upstream behind PROXY v2: every upstream connection
+	// starts with a header carrying the signed identity, which the app
+	// verifies once per connection (identity.NewListener).
+	ppApp  = "bench-pp"
+	ppHost = "bench-pp.localhost"
+	// tcpApp is a raw TCP echo app behind PROXY v2, reached with
+	// Edge.DialTCP in the new-connection measurement.
+	tcpApp = "bench-tcp"
 )
 
 // Upstream paths that are not part of the load. countPath answers only
@@ -58,6 +69,7 @@ type serverInfo struct {
 	Bare     string `json:"bare"`      // https://127.0.0.1:Q/ — bare httputil.ReverseProxy
 	Edge     string `json:"edge"`      // https://127.0.0.1:R/ — the ztna edge
 	EdgeHost string `json:"edge_host"` // the Host header of the bench app: bench.localhost:R
+	PPHost   string `json:"pp_host"`   // the Host header of the PROXY v2 bench app: bench-pp.localhost:R
 	Cookie   string `json:"cookie"`    // the session cookie value: a secret, never printed
 	CAFile   string `json:"ca_file"`   // the dev CA that signed the edge (and bare) certificate
 }
@@ -66,6 +78,11 @@ type serverInfo struct {
 type counts struct {
 	Total     int64 `json:"total"`
 	Assertion int64 `json:"assertion"`
+	// ProxyIdentity counts requests that arrived on the PROXY v2 port on a
+	// connection whose header carried a verified identity of benchSubject
+	// for ppApp; ProxyAccepts counts the connections that port accepted.
+	ProxyIdentity int64 `json:"proxy_identity"`
+	ProxyAccepts  int64 `json:"proxy_accepts"`
 }
 
 // identityReport is what identityPath reports about the request it got.
@@ -77,10 +94,14 @@ type identityReport struct {
 	Email    string   `json:"email,omitempty"`
 	Groups   []string `json:"groups,omitempty"`
 	User     string   `json:"x_forwarded_user,omitempty"`
+	// From the PROXY v2 header of the connection, on the PROXY v2 port only.
+	ProxySubject  string `json:"proxy_sub,omitempty"`
+	ProxyAudience string `json:"proxy_aud,omitempty"`
 }
 
-// serveChild runs the three targets in this process until stdin closes,
-// answering the harness's commands (one per line) on stdout.
+// serveChild runs the targets, and the echo apps of the new-connection
+// measurement, in this process until stdin closes, answering the harness's
+// commands (one per line) on stdout.
 func serveChild() error {
 	// SIGINT/SIGTERM end it like a closed stdin, so the temp dir goes.
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -99,7 +120,7 @@ func serveChild() error {
 	}
 	defer auditFile.Close()
 
-	// (a) the upstream all three targets reach.
+	// (a) the upstream every target reaches.
 	up := &upstream{}
 	upLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -109,9 +130,18 @@ func serveChild() error {
 	go func() { _ = upSrv.Serve(upLn) }()
 	defer upSrv.Close()
 	upstreamURL := "http://" + upLn.Addr().String()
+	// The same upstream on a second port, for the PROXY v2 app: its
+	// listener is wrapped (below, once the edge's keys are known) in
+	// identity.NewListener. Connections wait in the backlog until then.
+	ppRaw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	ppLn := &countingListener{Listener: ppRaw, n: &up.proxyAccepts}
+	defer ppLn.Close()
 
 	// (c) the edge: the whole dev system, audit on and written to a file,
-	// sessions in bolt, plus an app for the bench upstream.
+	// sessions in bolt, plus the bench apps (configured below).
 	env, err := devenv.Start(ctx, devenv.Options{
 		DataDir:      filepath.Join(dir, "dev"),
 		Listen:       "127.0.0.1:0",
@@ -130,20 +160,6 @@ func serveChild() error {
 		defer scancel()
 		_ = env.Close(sctx)
 	}()
-	cfg := *env.Config()
-	cfg.Apps = append(slices.Clone(cfg.Apps), proxy.AppConfig{
-		Name: benchApp, Host: benchHost, Upstream: upstreamURL,
-		Rules: []groups.Rule{{Name: "engineers", Groups: []string{benchGroup}}},
-	})
-	if err := cfg.Validate(); err != nil {
-		return fmt.Errorf("bench config: %w", err)
-	}
-	if err := env.Edge.Apply(ctx, &cfg); err != nil {
-		return fmt.Errorf("apply bench config: %w", err)
-	}
-	_, edgePort, _ := net.SplitHostPort(env.EdgeAddr)
-	edgeHost := benchHost + ":" + edgePort
-
 	edgeClient, err := env.Client()
 	if err != nil {
 		return err
@@ -154,6 +170,54 @@ func serveChild() error {
 	if err != nil {
 		return err
 	}
+	// The PROXY v2 apps verify with the edge's keys fetched once: nothing
+	// is fetched while the load runs.
+	jwks, err := fetchJWKS(ctx, edgeClient, env.AuthOrigin+proxy.JWKSPath)
+	if err != nil {
+		return err
+	}
+	ppVerifier := func(app string) (*identity.Verifier, error) {
+		return identity.NewVerifier(identity.VerifierConfig{Issuer: env.AuthOrigin, Audience: app, Keys: jwks})
+	}
+	v, err := ppVerifier(ppApp)
+	if err != nil {
+		return err
+	}
+	ppIdentityLn, err := identity.NewListener(ppLn, identity.ListenerConfig{Verifier: v, Logger: logger, TrustedPeers: loopback})
+	if err != nil {
+		return err
+	}
+	ppSrv := &http.Server{Handler: ppUpstream{upstream: up, verifier: v}, ConnContext: identity.ConnContext,
+		ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: quietLog()}
+	go func() { _ = ppSrv.Serve(ppIdentityLn) }()
+	defer ppSrv.Close()
+
+	// The echo servers of the new-connection measurement: plain, and
+	// behind PROXY v2 for the tcp app.
+	if v, err = ppVerifier(tcpApp); err != nil {
+		return err
+	}
+	dials, err := startDialBench(v, logger)
+	if err != nil {
+		return err
+	}
+	defer dials.close()
+
+	cfg := *env.Config()
+	rules := []groups.Rule{{Name: "engineers", Groups: []string{benchGroup}}}
+	cfg.Apps = append(slices.Clone(cfg.Apps),
+		proxy.AppConfig{Name: benchApp, Host: benchHost, Upstream: upstreamURL, Rules: rules},
+		proxy.AppConfig{Name: ppApp, Host: ppHost, Upstream: "http://" + ppRaw.Addr().String(), ProxyProtocol: "v2", Rules: rules},
+		proxy.AppConfig{Name: tcpApp, TCP: dials.ppAddr, ProxyProtocol: "v2", Rules: rules},
+	)
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("bench config: %w", err)
+	}
+	if err := env.Edge.Apply(ctx, &cfg); err != nil {
+		return fmt.Errorf("apply bench config: %w", err)
+	}
+	_, edgePort, _ := net.SplitHostPort(env.EdgeAddr)
+	edgeHost := benchHost + ":" + edgePort
 
 	// (b) the bare reverse proxy, over TLS with the edge's certificate.
 	cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
@@ -194,6 +258,19 @@ func serveChild() error {
 	if err != nil {
 		return fmt.Errorf("log in as %s: %w", benchUser, err)
 	}
+	// The tunnel would hold the session; DialTCP needs it.
+	sess, err := env.Edge.Sessions().Get(ctx, cookie)
+	if err != nil {
+		return fmt.Errorf("the session after login: %w", err)
+	}
+	if sess.Identity.Subject != benchSubject {
+		return fmt.Errorf("logged in as %q, want subject %q", sess.Identity.Subject, benchSubject)
+	}
+	edgeTCP, err := net.ResolveTCPAddr("tcp", env.EdgeAddr)
+	if err != nil {
+		return err
+	}
+	dials.edge, dials.sess, dials.local = env.Edge, sess, edgeTCP
 
 	info := serverInfo{
 		PID:      os.Getpid(),
@@ -201,6 +278,7 @@ func serveChild() error {
 		Bare:     "https://" + bareLn.Addr().String() + "/",
 		Edge:     "https://" + env.EdgeAddr + "/",
 		EdgeHost: edgeHost,
+		PPHost:   ppHost + ":" + edgePort,
 		Cookie:   cookie,
 		CAFile:   env.CAFile,
 	}
@@ -212,7 +290,7 @@ func serveChild() error {
 		return err
 	}
 	done := make(chan error, 1)
-	go func() { done <- commandLoop(os.Stdin, out, auditPath) }()
+	go func() { done <- commandLoop(os.Stdin, out, auditPath, dials) }()
 	select {
 	case err := <-done:
 		return err
@@ -226,7 +304,10 @@ func serveChild() error {
 //	profile-start PATH   start the CPU profile
 //	profile-stop         stop it
 //	audit-lines          how many audit events are in the file so far
-func commandLoop(in io.Reader, out *bufio.Writer, auditPath string) error {
+//	dial-rate MODE WARMUP DURATION WORKERS
+//	                     new connections to a TCP echo app, MODE plain
+//	                     or pp (Edge.DialTCP, PROXY v2); JSON dialResult
+func commandLoop(in io.Reader, out *bufio.Writer, auditPath string, dials *dialBench) error {
 	var profile *os.File
 	defer func() {
 		if profile != nil {
@@ -264,6 +345,15 @@ func commandLoop(in io.Reader, out *bufio.Writer, auditPath string) error {
 			if err != nil {
 				reply = "err " + err.Error()
 			}
+		case "dial-rate":
+			res, err := dials.command(arg)
+			if err != nil {
+				// One reply is one line.
+				reply = "err " + strings.ReplaceAll(err.Error(), "\n", " ")
+				break
+			}
+			b, _ := json.Marshal(res)
+			reply = "ok " + string(b)
 		case "audit-lines":
 			n, err := countLines(auditPath)
 			reply = "ok " + strconv.Itoa(n)
@@ -307,12 +397,14 @@ func countLines(path string) (int, error) {
 	}
 }
 
-// upstream is the app behind all three targets: a fixed ~100-byte body, and
+// upstream is the app behind every target: a fixed ~100-byte body, and
 // counters of what arrived.
 type upstream struct {
-	total     atomic.Int64
-	assertion atomic.Int64
-	verifier  *identity.Verifier
+	total         atomic.Int64
+	assertion     atomic.Int64
+	proxyIdentity atomic.Int64
+	proxyAccepts  atomic.Int64
+	verifier      *identity.Verifier
 }
 
 var (
@@ -330,10 +422,11 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.NotFound(w, r)
 			return
 		}
-		writeJSON(w, counts{Total: u.total.Load(), Assertion: u.assertion.Load()})
+		writeJSON(w, counts{Total: u.total.Load(), Assertion: u.assertion.Load(),
+			ProxyIdentity: u.proxyIdentity.Load(), ProxyAccepts: u.proxyAccepts.Load()})
 		return
 	case identityPath:
-		writeJSON(w, u.identity(r))
+		writeJSON(w, identityOf(r, u.verifier))
 		return
 	}
 	u.total.Add(1)
@@ -346,15 +439,74 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(upstreamBody)
 }
 
-// identity verifies the request's assertion the way an app would.
-func (u *upstream) identity(r *http.Request) identityReport {
+// ppUpstream is the upstream on the PROXY v2 port: it counts the requests
+// whose connection carried the bench user's verified identity for ppApp,
+// then answers exactly as on the plain port.
+type ppUpstream struct {
+	*upstream
+	verifier *identity.Verifier // audience ppApp
+}
+
+func (p ppUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch r.URL.Path {
+	case identityPath:
+		writeJSON(w, identityOf(r, p.verifier))
+		return
+	case countPath:
+	default:
+		if c, ok := identity.ConnIdentity(r.Context()); ok && c.Subject == benchSubject && c.Audience == ppApp {
+			p.proxyIdentity.Add(1)
+		}
+	}
+	p.upstream.ServeHTTP(w, r)
+}
+
+// countingListener counts the connections it accepts.
+type countingListener struct {
+	net.Listener
+	n *atomic.Int64
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.n.Add(1)
+	}
+	return c, err
+}
+
+// loopback is where the edge's PROXY v2 connections come from.
+var loopback = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+
+// fetchJWKS reads the edge's published keys once.
+func fetchJWKS(ctx context.Context, c *http.Client, url string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, body, err := do(c, req)
+	if err != nil {
+		return nil, fmt.Errorf("fetch the edge's JWKS: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("fetch the edge's JWKS: %s", resp.Status)
+	}
+	return body, nil
+}
+
+// identityOf verifies the request's assertion with v the way an app would,
+// and reports the connection's PROXY v2 identity when it came with one.
+func identityOf(r *http.Request, v *identity.Verifier) identityReport {
 	rep := identityReport{User: r.Header.Get(proxy.HeaderUser)}
+	if c, ok := identity.ConnIdentity(r.Context()); ok {
+		rep.ProxySubject, rep.ProxyAudience = c.Subject, c.Audience
+	}
 	tok := r.Header.Get(identity.HeaderName)
 	if tok == "" {
 		rep.Error = "no " + identity.HeaderName + " header"
 		return rep
 	}
-	c, err := u.verifier.Verify(r.Context(), tok)
+	c, err := v.Verify(r.Context(), tok)
 	if err != nil {
 		rep.Error = err.Error()
 		return rep
