@@ -38,6 +38,11 @@ func ValidateReturnURL(raw string, isAppHost func(hostport string) bool) (string
 	if u.RawQuery != "" {
 		out += "?" + u.RawQuery
 	}
+	// Escaping can make the output longer than the input: bound what we
+	// return too, so a validated address always validates again.
+	if len(out) > maxReturnURL {
+		return "", errReturnURL
+	}
 	return out, nil
 }
 
@@ -58,6 +63,9 @@ func ValidateLocalPath(raw string) (string, error) {
 	}
 	if u.RawQuery != "" {
 		p += "?" + u.RawQuery
+	}
+	if len(p) > maxReturnURL {
+		return "", errReturnURL
 	}
 	return p, nil
 }
