@@ -19,7 +19,7 @@ FUZZ_TARGETS := \
 	./authn:FuzzParseSessionID:100000 \
 	./proxy:FuzzCanonicalPath:80000 \
 	./proxy/identity:FuzzVerify:80000 \
-	./proxy/identity:FuzzListenerHeader:120000 \
+	./proxy/identity:FuzzListenerHeader:50000 \
 	./proxy/edge:FuzzRedirectHost:80000 \
 	./proxy/edge:FuzzInboundProxyHeader:25000 \
 	./internal/config:FuzzParse:100000 \
