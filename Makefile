@@ -23,7 +23,8 @@ FUZZ_TARGETS := \
 	./proxy/edge:FuzzRedirectHost:80000 \
 	./proxy/edge:FuzzInboundProxyHeader:25000 \
 	./internal/config:FuzzParse:100000 \
-	./groups:FuzzDecide:50000
+	./groups:FuzzDecide:50000 \
+	./posture:FuzzParseReport:80000
 
 .PHONY: all build test deps vet unit fuzz bench lint
 
