@@ -24,7 +24,9 @@ FUZZ_TARGETS := \
 	./proxy/edge:FuzzInboundProxyHeader:25000 \
 	./internal/config:FuzzParse:100000 \
 	./groups:FuzzDecide:50000 \
-	./posture:FuzzParseReport:80000
+	./posture:FuzzParseReport:80000 \
+	./posture:FuzzDeviceFromCert:30000 \
+	./posture:FuzzEnrollUserCode:80000
 
 .PHONY: all build test deps vet unit fuzz bench lint
 
