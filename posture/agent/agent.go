@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"github.com/ztna-dev/ztna/posture"
 	"log/slog"
 	"net"
 	"runtime"
@@ -27,38 +28,19 @@ type Facts struct {
 	EDR            []EDRState `json:"edr"`
 }
 
-// OS identifies the operating system. Empty strings are unknown.
-type OS struct {
-	Name    string `json:"name"`
-	Version string `json:"version"`
-	Kernel  string `json:"kernel"`
-	Arch    string `json:"arch"`
-}
+// OS and EDRState are the report's own types: what the agent collects is
+// exactly what it signs and the edge checks.
+type (
+	OS       = posture.OSInfo
+	EDRState = posture.EDRState
+)
 
-// EDRState is what the agent observed about one configured EDR/AV product.
-// The agent never judges it: the edge compares ExeSHA256 with its allow-list
-// and ManagerLastReached with its freshness limit.
-type EDRState struct {
-	Name string `json:"name"`
-	// Running is true when a live (not zombie, not stopped) process with one
-	// of the configured names exists.
-	Running bool `json:"running"`
-	PID     int  `json:"pid,omitempty"`
-	// ExePath is where the running executable lives (on Linux the
-	// /proc/PID/exe link, which ends in " (deleted)" when the file was
-	// removed or replaced after the process started).
-	ExePath string `json:"exe_path,omitempty"`
-	// ExeSHA256 is the hex SHA-256 of the executable the process is running;
-	// empty when it could not be read.
-	ExeSHA256   string `json:"exe_sha256,omitempty"`
-	ManagerAddr string `json:"manager_addr,omitempty"`
-	// ManagerLastReached is the last time this collector completed a verified
-	// TLS handshake with ManagerAddr (remembered across collections, in
-	// memory); zero when never.
-	ManagerLastReached time.Time `json:"manager_last_reached,omitzero"`
-	// ManagerError is a short reason why the latest probe failed; empty when
-	// it succeeded or was not configured.
-	ManagerError string `json:"manager_error,omitempty"`
+// Report turns facts into the report the agent signs (posture.SignReport).
+func (f Facts) Report(deviceID string, counter uint64, nonce string, collectedAt time.Time) posture.Report {
+	return posture.Report{
+		DeviceID: deviceID, Counter: counter, Nonce: nonce, CollectedAt: collectedAt,
+		OS: f.OS, DiskEncrypted: f.DiskEncrypted, FirewallActive: f.FirewallActive, ScreenLock: f.ScreenLock, EDR: f.EDR,
+	}
 }
 
 // EDRConfig names one EDR/AV product to look for.

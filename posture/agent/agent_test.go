@@ -2,6 +2,9 @@ package agent
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -20,6 +23,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/ztna-dev/ztna/posture"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -289,3 +294,25 @@ func TestManagerErrorReasonFallback(t *testing.T) {
 }
 
 func runtimeArch() string { return runtime.GOARCH }
+
+// What the agent collects on a real host is a report the edge's strict
+// parser accepts, once signed with the device key.
+func TestFactsSignAsAReportTheEdgeAccepts(t *testing.T) {
+	c := New(Config{EDR: []EDRConfig{{Name: "demo-edr", ProcessNames: []string{"no-such-edr-process"}}}})
+	f, _ := c.Collect(t.Context()) // partial facts are fine; unknowns stay nil
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := posture.SignReport(key, f.Report("dev-0123456789abcdef", 1, "nonce-1", time.Now()))
+	if err != nil {
+		t.Fatalf("sign the collected facts: %v", err)
+	}
+	sr, err := posture.ParseReport(b)
+	if err != nil {
+		t.Fatalf("the edge refuses the agent's report: %v", err)
+	}
+	if sr.Report.OS != f.OS || len(sr.Report.EDR) != 1 || sr.Report.EDR[0].Name != "demo-edr" {
+		t.Errorf("report %+v does not carry the facts %+v", sr.Report, f)
+	}
+}
