@@ -136,7 +136,7 @@ func TestProxyV2TCPAppGetsTheIdentity(t *testing.T) {
 		}
 		client := &net.TCPAddr{IP: net.IPv4(192, 0, 2, 10), Port: 50000}
 		local := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8443}
-		conn, err := env.Edge.DialTCP(ctx, "echo", sess, client, local)
+		conn, err := env.Edge.DialTCP(ctx, "echo", sess, "", client, local)
 		if err != nil {
 			t.Fatalf("dial echo: %v", err)
 		}

@@ -21,7 +21,7 @@ type assertion struct {
 	groups  []string
 }
 
-type assertionKey struct{ session, app string }
+type assertionKey struct{ session, app, device string }
 
 // maxAssertions bounds the cache; past it, an arbitrary entry is evicted
 // (a miss costs one signature).
@@ -42,8 +42,8 @@ func newAssertionCache() *assertionCache {
 // get returns a current assertion for sess and app, signing a new one when
 // there is none, the session changed (refresh, attribute change), the
 // signing key rotated, or it is within a fifth of its lifetime of expiring.
-func (c *assertionCache) get(s *identity.Signer, sess *authn.Session, app string, ttl time.Duration) (*assertion, error) {
-	k := assertionKey{sess.Key, app}
+func (c *assertionCache) get(s *identity.Signer, sess *authn.Session, app, device string, ttl time.Duration) (*assertion, error) {
+	k := assertionKey{sess.Key, app, device}
 	now := time.Now()
 	c.mu.RLock()
 	a := c.m[k]
@@ -57,7 +57,7 @@ func (c *assertionCache) get(s *identity.Signer, sess *authn.Session, app string
 	// the documented rule (SignFitting) rather than sending a header the
 	// app would reject.
 	tok, err := s.SignFitting(identity.Claims{
-		Subject: id.Subject, Audience: app, Email: id.Email, Name: id.Name, Groups: id.Groups,
+		Subject: id.Subject, Audience: app, Email: id.Email, Name: id.Name, Groups: id.Groups, Device: device,
 		SessionID: sess.Ref(), IssuedAt: now.Unix(), NotBefore: now.Unix(), Expiry: now.Add(ttl).Unix(),
 	}, identity.MaxTLVTokenBytes)
 	if err != nil {
@@ -87,6 +87,17 @@ func (c *assertionCache) dropSession(key string) {
 	c.mu.Lock()
 	for k := range c.m {
 		if k.session == key {
+			delete(c.m, k)
+		}
+	}
+	c.mu.Unlock()
+}
+
+// dropDevice forgets every assertion naming a revoked device.
+func (c *assertionCache) dropDevice(id string) {
+	c.mu.Lock()
+	for k := range c.m {
+		if k.device == id {
 			delete(c.m, k)
 		}
 	}

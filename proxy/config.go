@@ -47,10 +47,34 @@ type Config struct {
 	Log LogConfig `yaml:"log"`
 	// Pool bounds the per-identity upstream pools of proxy_protocol apps.
 	Pool PoolConfig `yaml:"pool"`
+	// Devices is device trust.
+	Devices DevicesConfig `yaml:"devices"`
 
 	// sourceHash is the SHA-256 of the file the config was loaded from
 	// (nil for configs built in code): the baseline of the file watcher.
 	sourceHash []byte
+}
+
+// DevicesConfig configures device trust.
+type DevicesConfig struct {
+	// CACertFile and CAKeyFile hold the device CA, which issues the
+	// devices' client certificates (it is separate from the assertion
+	// signing keys). "" → DATA_DIR/device-ca.pem and device-ca-key.pem,
+	// created on first start. The key file must be mode 0600.
+	CACertFile string `yaml:"ca_cert_file"`
+	CAKeyFile  string `yaml:"ca_key_file"`
+}
+
+// DeviceCAFiles returns the device CA's certificate and key paths.
+func (c *Config) DeviceCAFiles() (certFile, keyFile string) {
+	certFile, keyFile = c.Devices.CACertFile, c.Devices.CAKeyFile
+	if certFile == "" {
+		certFile = filepath.Join(c.dataDir(), "device-ca.pem")
+	}
+	if keyFile == "" {
+		keyFile = filepath.Join(c.dataDir(), "device-ca-key.pem")
+	}
+	return certFile, keyFile
 }
 
 // TLSConfig names PEM files.
@@ -205,6 +229,9 @@ func (c *Config) check() *fieldError {
 	}
 	if c.PublicPort < 0 || c.PublicPort > 65535 {
 		return &fieldError{"public_port", "must be a port number"}
+	}
+	if (c.Devices.CACertFile == "") != (c.Devices.CAKeyFile == "") {
+		return &fieldError{"devices", "ca_cert_file and ca_key_file go together"}
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		return &fieldError{"tls", "cert_file and key_file go together"}

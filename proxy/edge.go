@@ -18,6 +18,7 @@ import (
 	"github.com/ztna-dev/ztna/authn"
 	"github.com/ztna-dev/ztna/internal/audit"
 	"github.com/ztna-dev/ztna/internal/store"
+	"github.com/ztna-dev/ztna/posture"
 	"github.com/ztna-dev/ztna/proxy/edge"
 	"github.com/ztna-dev/ztna/proxy/identity"
 	"github.com/ztna-dev/ztna/web"
@@ -32,6 +33,11 @@ type Options struct {
 	Registry prometheus.Registerer // nil → metrics are not registered
 	// IdPClient is used for every call to the IdP (nil → 10s timeout).
 	IdPClient *http.Client
+	// DeviceCA issues and verifies device client certificates; the TLS
+	// listener must ask for certificates from it (ClientAuth
+	// VerifyClientCertIfGiven, ClientCAs DeviceCA.Pool()). nil → no device
+	// step: requests carry no device.
+	DeviceCA *posture.DeviceCA
 }
 
 // Edge is the request pipeline with its current State. It is an
@@ -48,6 +54,7 @@ type Edge struct {
 	live       *liveRegistry
 	metrics    *metrics
 	pools      *identityPools
+	devices    *posture.Devices // nil without a device CA
 
 	stop     context.CancelFunc // stops the pool janitor
 	janitorW sync.WaitGroup
@@ -78,6 +85,13 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Edge, error) {
 	}
 	e.assets = e.pages.Assets()
 	e.live = newLiveRegistry(e.logger)
+	if opts.DeviceCA != nil {
+		e.devices = posture.NewDevices(opts.Store, opts.DeviceCA, opts.Logger)
+		e.devices.OnRevoke(func(id string) {
+			e.assertions.dropDevice(id)
+			e.live.revokeDevice(id, "device revoked")
+		})
+	}
 	e.sessions.OnRevoke(func(key string) {
 		e.assertions.dropSession(key)
 		e.pools.dropSession(authn.RefOf(key))
@@ -147,6 +161,9 @@ func (e *Edge) Apply(ctx context.Context, cfg *Config) (err error) {
 
 // State returns the current state.
 func (e *Edge) State() *State { return e.state.Load() }
+
+// Devices returns the device registry, or nil without a device CA.
+func (e *Edge) Devices() *posture.Devices { return e.devices }
 
 // Sessions returns the session keeper (admin actions, tests).
 func (e *Edge) Sessions() *authn.Sessions { return e.sessions }

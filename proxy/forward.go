@@ -30,8 +30,8 @@ type forwardKey struct{}
 // forward sends r to the app with the edge's identity attached. Long-lived
 // exchanges (WebSockets, streamed responses) are registered so a trust
 // change can cut them off.
-func (e *Edge) forward(w http.ResponseWriter, r *http.Request, st *State, a *app, sess *authn.Session, req groups.Request) {
-	id, err := e.assertions.get(e.signer, sess, a.Name, st.Config.assertionTTL())
+func (e *Edge) forward(w http.ResponseWriter, r *http.Request, st *State, a *app, sess *authn.Session, device string, req groups.Request) {
+	id, err := e.assertions.get(e.signer, sess, a.Name, device, st.Config.assertionTTL())
 	if err != nil {
 		e.fail(w, r, &httperr.Error{Status: http.StatusInternalServerError, Code: "identity_unavailable",
 			Title: "Something went wrong", Message: "The access proxy could not sign your identity for this app.", Cause: err})
@@ -41,7 +41,7 @@ func (e *Edge) forward(w http.ResponseWriter, r *http.Request, st *State, a *app
 	// revocation also stops a request still waiting for the app, a long
 	// download, a stream or a WebSocket.
 	ctx, cancel := context.WithCancelCause(r.Context())
-	live := &liveEntry{sessKey: sess.Key, req: req, cancel: cancel}
+	live := &liveEntry{sessKey: sess.Key, device: device, req: req, cancel: cancel}
 	e.live.register(live)
 	defer func() {
 		e.live.unregister(live)

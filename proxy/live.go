@@ -11,6 +11,7 @@ import (
 // liveEntry is one long-lived exchange: a WebSocket or a streamed response.
 type liveEntry struct {
 	sessKey string
+	device  string // "" when the client presented no device certificate
 	req     groups.Request
 	cancel  func(error)
 }
@@ -73,6 +74,30 @@ func (l *liveRegistry) revokeSession(key, reason string) {
 	}
 	if len(m) > 0 {
 		l.logger.Info("closed live connections", "reason", reason, "count", len(m))
+	}
+}
+
+// revokeDevice closes every live exchange that came from a device.
+func (l *liveRegistry) revokeDevice(id, reason string) {
+	var closed []*liveEntry
+	l.mu.Lock()
+	for key, m := range l.bySess {
+		for e := range m {
+			if e.device == id {
+				delete(m, e)
+				closed = append(closed, e)
+			}
+		}
+		if len(m) == 0 {
+			delete(l.bySess, key)
+		}
+	}
+	l.mu.Unlock()
+	for _, e := range closed {
+		e.cancel(errors.New(reason))
+	}
+	if len(closed) > 0 {
+		l.logger.Info("closed live connections", "reason", reason, "count", len(closed))
 	}
 }
 

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -57,14 +58,22 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				Title: "Temporarily unavailable", Message: "Your session could not be checked.", Hint: "Try again in a moment.", Cause: err})
 			return
 		}
-		e.record(r, a, nil, groups.Decision{Reason: "not signed in"}, start)
+		e.record(r, a, nil, "", groups.Decision{Reason: "not signed in"}, start)
 		if err := st.auth.Unauthenticated(w, r, web.WantsHTML(r)); err != nil {
 			e.fail(w, r, err)
 		}
 		return
 	}
 
-	// 3–4. device and posture checks join here with device trust.
+	// 3. device
+	dev, refused := e.device(r, sess)
+	if refused != nil {
+		e.record(r, a, sess, "", groups.Decision{Reason: refused.Message}, start)
+		e.fail(w, r, refused)
+		return
+	}
+
+	// 4. posture checks join here with device trust.
 
 	// 5. authorize
 	req := groups.Request{
@@ -74,7 +83,7 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Path:    r.URL.Path,
 	}
 	d := st.policy.Decide(req)
-	e.record(r, a, sess, d, start)
+	e.record(r, a, sess, dev, d, start)
 	if !d.Allow {
 		e.fail(w, r, &httperr.Error{Status: http.StatusForbidden, Code: "access_denied", Title: "Access denied",
 			Message: d.Reason, Rule: d.Rule,
@@ -83,7 +92,7 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	// 6. forward
-	e.forward(w, r, st, a, sess, req)
+	e.forward(w, r, st, a, sess, dev, req)
 }
 
 // serveEdge answers the edge's own endpoints: login and logout flows, the
@@ -126,7 +135,7 @@ func (e *Edge) fail(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 // record emits the one audit event and the metrics of a decision.
-func (e *Edge) record(r *http.Request, a *app, sess *authn.Session, d groups.Decision, start time.Time) {
+func (e *Edge) record(r *http.Request, a *app, sess *authn.Session, device string, d groups.Decision, start time.Time) {
 	dec := "deny"
 	counter := a.denied
 	if d.Allow {
@@ -135,7 +144,7 @@ func (e *Edge) record(r *http.Request, a *app, sess *authn.Session, d groups.Dec
 	lat := time.Since(start)
 	ev := audit.Event{
 		Time: start, Kind: "request", App: a.Name, Method: r.Method, Host: r.Host, Path: r.URL.Path,
-		Source: r.RemoteAddr, Decision: dec, Rule: d.Rule, Reason: d.Reason, Latency: lat,
+		Source: r.RemoteAddr, Device: device, Decision: dec, Rule: d.Rule, Reason: d.Reason, Latency: lat,
 	}
 	if sess != nil {
 		ev.User, ev.Email, ev.Session = sess.Identity.Subject, sess.Identity.Email, sess.Ref()
@@ -143,4 +152,29 @@ func (e *Edge) record(r *http.Request, a *app, sess *authn.Session, d groups.Dec
 	e.opts.Audit.Record(ev)
 	counter.Inc()
 	e.metrics.decisionTime.Observe(lat.Seconds())
+}
+
+// device identifies the device a request comes from by its client
+// certificate: "" when the client presented none (browsers without an
+// enrolled device). A certificate that is presented but refused — revoked,
+// replaced by a renewal, or bound to another user — is a deny: the edge
+// never falls back to "no device" for a device it does not trust.
+func (e *Edge) device(r *http.Request, sess *authn.Session) (string, *httperr.Error) {
+	if e.devices == nil || r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return "", nil
+	}
+	d, err := e.devices.Check(r.Context(), r.TLS.PeerCertificates, time.Now())
+	if err != nil {
+		he := &httperr.Error{Status: http.StatusForbidden, Code: "device_refused", Title: "Device not accepted",
+			Message: "This device's certificate is not accepted: it was revoked or replaced.",
+			Hint:    "Run `ztna agent status` on this device; if it was revoked, ask IT and enroll it again.", Cause: err}
+		return "", he
+	}
+	if d.UserID != sess.Identity.Subject {
+		return "", &httperr.Error{Status: http.StatusForbidden, Code: "device_refused", Title: "Device not accepted",
+			Message: "This device is enrolled to another user.",
+			Hint:    "Sign in as the device's user, or enroll this device for yourself.",
+			Cause:   fmt.Errorf("device %s belongs to %s, session is %s", d.ID, d.UserID, sess.Identity.Subject)}
+	}
+	return d.ID, nil
 }

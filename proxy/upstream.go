@@ -76,10 +76,11 @@ func dialWithHeader(ctx context.Context, addr string, hdr *proxyproto.Header) (n
 }
 
 // DialTCP connects to the raw TCP app named app for sess, sending the PROXY
-// v2 identity header when the app asks for it. The caller (the tunnel) has
+// v2 identity header when the app asks for it; device is the tunnel
+// client's device ("" for none). The caller (the tunnel) has
 // already authorized the stream with the full pipeline; client and local
 // are the tunnel client's address and the edge address it reached.
-func (e *Edge) DialTCP(ctx context.Context, appName string, sess *authn.Session, client, local net.Addr) (net.Conn, error) {
+func (e *Edge) DialTCP(ctx context.Context, appName string, sess *authn.Session, device string, client, local net.Addr) (net.Conn, error) {
 	st := e.state.Load()
 	a := st.apps[appName]
 	if a == nil || a.TCP == "" {
@@ -88,7 +89,7 @@ func (e *Edge) DialTCP(ctx context.Context, appName string, sess *authn.Session,
 	if a.ProxyProtocol == "" {
 		return upstreamDialer.DialContext(ctx, "tcp", a.TCP)
 	}
-	id, err := e.assertions.get(e.signer, sess, a.Name, st.Config.assertionTTL())
+	id, err := e.assertions.get(e.signer, sess, a.Name, device, st.Config.assertionTTL())
 	if err != nil {
 		return nil, err
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ztna-dev/ztna/internal/audit"
 	"github.com/ztna-dev/ztna/internal/store/bolt"
+	"github.com/ztna-dev/ztna/posture"
 	"github.com/ztna-dev/ztna/proxy"
 	"github.com/ztna-dev/ztna/proxy/edge"
 	"github.com/ztna-dev/ztna/proxy/identity"
@@ -81,14 +82,21 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 	}()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	px, err := proxy.New(ctx, cfg, proxy.Options{Store: st, Keys: keys, Audit: al, Logger: logger, Registry: reg})
+	ca, err := posture.LoadOrCreateDeviceCA(cfg.DeviceCAFiles())
+	if err != nil {
+		return err
+	}
+	px, err := proxy.New(ctx, cfg, proxy.Options{Store: st, Keys: keys, Audit: al, Logger: logger, Registry: reg, DeviceCA: ca})
 	if err != nil {
 		return err
 	}
 	defer px.Close()
 	srv, err := edge.New(cfg.Listen, edge.Options{
-		Handler:    px,
-		TLSConfig:  &tls.Config{GetCertificate: px.GetCertificate},
+		Handler: px,
+		// Enrolled devices identify themselves with a client certificate;
+		// browsers and clients without one are served as before.
+		TLSConfig: &tls.Config{GetCertificate: px.GetCertificate,
+			ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: ca.Pool()},
 		Metrics:    reg,
 		Registerer: reg,
 		Logger:     logger,

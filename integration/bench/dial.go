@@ -170,7 +170,7 @@ func (d *dialBench) command(arg string) (dialResult, error) {
 	case "pp":
 		srv = d.pp
 		dial = func(ctx context.Context) (net.Conn, error) {
-			return d.edge.DialTCP(ctx, tcpApp, d.sess, tunnelClient, d.local)
+			return d.edge.DialTCP(ctx, tcpApp, d.sess, "", tunnelClient, d.local)
 		}
 	default:
 		return dialResult{}, fmt.Errorf("dial-rate: unknown mode %q", f[0])

@@ -34,6 +34,7 @@ import (
 	"github.com/ztna-dev/ztna/internal/audit"
 	"github.com/ztna-dev/ztna/internal/store"
 	"github.com/ztna-dev/ztna/internal/store/bolt"
+	"github.com/ztna-dev/ztna/posture"
 	"github.com/ztna-dev/ztna/proxy"
 	"github.com/ztna-dev/ztna/proxy/edge"
 	"github.com/ztna-dev/ztna/proxy/identity"
@@ -82,6 +83,7 @@ type Env struct {
 	EdgeAddr   string // the bound 127.0.0.1:PORT of the edge
 	CAFile     string // the dev CA that signed the edge certificate
 	EchoAddr   string // the TCP echo app (PROXY v2 only; reached through the tunnel)
+	DeviceCA   *posture.DeviceCA
 	// ConfigYAML is the edge's config as a `ztna serve` file, for people to
 	// read and adapt (the client secret travels in ZTNA_OIDC_CLIENT_SECRET).
 	ConfigYAML string
@@ -145,13 +147,19 @@ func Start(ctx context.Context, o Options) (env *Env, err error) {
 	}
 	env.CAFile = caFile
 
+	deviceCA, err := posture.LoadOrCreateDeviceCA(filepath.Join(o.DataDir, "device-ca.pem"), filepath.Join(o.DataDir, "device-ca-key.pem"))
+	if err != nil {
+		return nil, err
+	}
+	env.DeviceCA = deviceCA
 	late := &lateEdge{}
 	srv, err := edge.New(edge.Config{
 		Address: o.Listen, HTTPRedirectAddress: o.RedirectListen, AdminAddress: o.AdminListen, ProxyProtocol: o.ProxyProtocol,
 		DrainDelay: o.DrainDelay, GraceTimeout: o.GraceTimeout,
 	}, edge.Options{
-		Handler:    late,
-		TLSConfig:  &tls.Config{GetCertificate: late.GetCertificate},
+		Handler: late,
+		TLSConfig: &tls.Config{GetCertificate: late.GetCertificate,
+			ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: deviceCA.Pool()},
 		Metrics:    o.Registry,
 		Registerer: o.Registry,
 		Logger:     o.Logger,
@@ -249,7 +257,7 @@ func Start(ctx context.Context, o Options) (env *Env, err error) {
 	env.closers = append(env.closers, env.audit.Close)
 	px, err := proxy.New(ctx, cfg, proxy.Options{
 		Store: st, Keys: keys, Audit: env.audit, Logger: o.Logger, Registry: o.Registry,
-		IdPClient: &http.Client{Timeout: 10 * time.Second},
+		IdPClient: &http.Client{Timeout: 10 * time.Second}, DeviceCA: deviceCA,
 	})
 	if err != nil {
 		return nil, err
@@ -353,7 +361,9 @@ func demoConfig(o Options, authHost string, port int, issuer string, upstreams m
 		AuthHost:   authHost,
 		PublicPort: port,
 		DataDir:    o.DataDir,
-		TLS:        proxy.TLSConfig{CertFile: certFile, KeyFile: keyFile},
+		Devices: proxy.DevicesConfig{CACertFile: filepath.Join(o.DataDir, "device-ca.pem"),
+			CAKeyFile: filepath.Join(o.DataDir, "device-ca-key.pem")},
+		TLS: proxy.TLSConfig{CertFile: certFile, KeyFile: keyFile},
 		OIDC: authn.Config{
 			Issuer: issuer, ClientID: "ztna-edge", ClientSecret: devClientSecret,
 			Scopes: []string{"openid", "profile", "email", "groups", "offline_access"},
