@@ -203,17 +203,20 @@ func (s *Service) login(w http.ResponseWriter, r *http.Request) error {
 		return httperr.New(http.StatusMethodNotAllowed, "method_not_allowed", "Use GET to start a login.")
 	}
 	q := r.URL.Query()
-	rd, err := ValidateReturnURL(q.Get("rd"), s.opts.IsAppHost)
+	rd, err := ValidateReturnURL(q.Get("rd"), s.isReturnHost)
 	if err != nil {
 		return httperr.BadRequest("The address to return to after sign-in is not an app served here.", err)
 	}
+	// Returning to an app host needs the browser binding of the handoff;
+	// returning to the auth host itself (the device approval page) does not:
+	// the session cookie is set there directly.
 	hb := q.Get("hb")
-	if !isHexHash(hb) {
+	if !s.onAuthHost(rd) && !isHexHash(hb) {
 		return httperr.BadRequest("This sign-in link is incomplete. Open the app again to sign in.", errors.New("missing or malformed hb"))
 	}
 	// Already signed in on the auth host: skip the IdP.
 	if sess, err := s.Authenticate(r); err == nil {
-		return s.redirectHandoff(w, r, sess.ID, rd, hb)
+		return s.returnTo(w, r, sess.ID, rd, hb)
 	}
 	bind := ""
 	if c, err := r.Cookie(bindCookie); err == nil {
@@ -286,7 +289,31 @@ func (s *Service) callback(w http.ResponseWriter, r *http.Request) error {
 	}
 	s.logger.Info("login", "user", id.Subject, "email", id.Email, "session", sess.Ref())
 	setCookie(w, SessionCookie, sess.ID, sess.ExpiresAt.Sub(s.opts.Now()))
-	return s.redirectHandoff(w, r, sess.ID, ls.ReturnURL, ls.HandoffFor)
+	return s.returnTo(w, r, sess.ID, ls.ReturnURL, ls.HandoffFor)
+}
+
+// isReturnHost reports whether a login may return to hostport: an app host
+// or the auth host itself.
+func (s *Service) isReturnHost(hostport string) bool {
+	return hostport == s.authHost() || s.opts.IsAppHost(hostport)
+}
+
+func (s *Service) authHost() string { return strings.TrimPrefix(s.opts.AuthOrigin, "https://") }
+
+// onAuthHost reports whether a validated return URL is on the auth host.
+func (s *Service) onAuthHost(returnURL string) bool {
+	return strings.HasPrefix(returnURL, s.opts.AuthOrigin+"/")
+}
+
+// returnTo finishes a login: straight back to a page of the auth host
+// (whose session cookie is already set), or through the one-time handoff to
+// an app host.
+func (s *Service) returnTo(w http.ResponseWriter, r *http.Request, sessionID, returnURL, hb string) error {
+	if s.onAuthHost(returnURL) {
+		http.Redirect(w, r, returnURL, http.StatusFound)
+		return nil
+	}
+	return s.redirectHandoff(w, r, sessionID, returnURL, hb)
 }
 
 // redirectHandoff sends the browser to the app host with a one-time code
@@ -503,6 +530,9 @@ func setCookie(w http.ResponseWriter, name, value string, maxAge time.Duration) 
 func clearCookie(w http.ResponseWriter, name string) {
 	http.SetCookie(w, &http.Cookie{Name: name, Value: "", Path: "/", MaxAge: -1, Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode})
 }
+
+// SecureEqual compares secrets (CSRF tokens) in constant time.
+func SecureEqual(a, b string) bool { return secureEqual(a, b) }
 
 func secureEqual(a, b string) bool {
 	return len(a) == len(b) && subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1

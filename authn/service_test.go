@@ -550,7 +550,9 @@ func TestServiceLoginAttacks(t *testing.T) {
 	t.Run("login to a host that is not an app", func(t *testing.T) {
 		hb := hashKey(randomToken())
 		for _, rd := range []string{
-			"https://evil.example/x", "https://auth.example/x", "http://app.example/x", "//evil.example",
+			// (https://auth.example/... is a valid return address: the auth
+			// host's own pages, such as device approval.)
+			"https://evil.example/x", "https://auth.example.evil/x", "http://auth.example/x", "http://app.example/x", "//evil.example",
 			"https://app.example@evil.example/", "https://app.example:8443/", "/x", "javascript:alert(1)", "",
 		} {
 			u := testAuthOrigin + PathLogin + "?" + url.Values{"rd": {rd}, "hb": {hb}}.Encode()

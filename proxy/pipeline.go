@@ -111,6 +111,9 @@ func (e *Edge) serveEdge(w http.ResponseWriter, r *http.Request, st *State, auth
 		e.fail(w, r, httperr.New(http.StatusNotFound, "not_found", "This is the sign-in service of the access proxy. Open an app to use it."))
 		return
 	}
+	if authHost && e.serveDevice(w, r, st) {
+		return
+	}
 	if !authHost && !st.isAppHost(strings.ToLower(r.Host)) {
 		e.fail(w, r, httperr.New(http.StatusNotFound, "unknown_app", "No app is served at this address."))
 		return

@@ -151,6 +151,23 @@ func isOrigin(s string) bool {
 		u.Scheme+"://"+u.Host == s && !strings.ContainsAny(s, " ;,'\"")
 }
 
+// PendingDevice is what the approval page shows of a device asking to be
+// enrolled.
+type PendingDevice struct {
+	Name, Platform, UserCode, Fingerprint string
+}
+
+// DeviceApproval renders the device enrollment page: a form to enter the
+// code, or (pending non-nil) the device to approve or deny for user.
+func (p *Pages) DeviceApproval(w http.ResponseWriter, user, csrfToken string, pending *PendingDevice) {
+	p.render(w, http.StatusOK, "device.html", map[string]any{"User": user, "CSRF": csrfToken, "Pending": pending}, ContentSecurityPolicy)
+}
+
+// Message renders a short page with a title and a message.
+func (p *Pages) Message(w http.ResponseWriter, status int, title, message string) {
+	p.render(w, status, "message.html", map[string]any{"Title": title, "Message": message}, ContentSecurityPolicy)
+}
+
 // SignedOut renders the page shown after a local sign-out.
 func (p *Pages) SignedOut(w http.ResponseWriter) {
 	p.render(w, http.StatusOK, "signedout.html", nil, ContentSecurityPolicy)
