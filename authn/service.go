@@ -34,6 +34,7 @@ const (
 	PathLogout         = "/.ztna/logout"
 	PathSignedOut      = "/.ztna/signed-out"
 	PathBackchannel    = "/.ztna/backchannel-logout"
+	PathDevice         = "/.ztna/device"    // device approval page: the one auth-host page a login returns to
 	bindCookie         = "__Host-ztna_bind" // binds a login's state to the browser on the auth host
 	handoffBindCookie  = "__Host-ztna_hb"   // binds a handoff code to the browser on an app host
 	loginStateTTL      = 10 * time.Minute
@@ -206,6 +207,11 @@ func (s *Service) login(w http.ResponseWriter, r *http.Request) error {
 	rd, err := ValidateReturnURL(q.Get("rd"), s.isReturnHost)
 	if err != nil {
 		return httperr.BadRequest("The address to return to after sign-in is not an app served here.", err)
+	}
+	if s.onAuthHost(rd) {
+		if u, _ := url.Parse(rd); u == nil || u.Path != PathDevice {
+			return httperr.BadRequest("The address to return to after sign-in is not an app served here.", errors.New("auth host return address is not the device page"))
+		}
 	}
 	// Returning to an app host needs the browser binding of the handoff;
 	// returning to the auth host itself (the device approval page) does not:

@@ -24,7 +24,7 @@ import (
 // RFC 8628-shaped device flow); the user approves in the browser, signed in,
 // on the approval page.
 const (
-	PathDevice       = "/.ztna/device"        // approval page (GET) and decision (POST)
+	PathDevice       = authn.PathDevice       // approval page (GET) and decision (POST)
 	PathDeviceEnroll = "/.ztna/device/enroll" // agent: start
 	PathDeviceToken  = "/.ztna/device/token"  // agent: poll for the certificate
 	maxDeviceBody    = 64 << 10

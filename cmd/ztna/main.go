@@ -23,6 +23,7 @@ const usage = `ztna — identity-aware zero-trust access proxy
 Usage:
   ztna dev [flags]                 run the whole system on this machine (edge, dev IdP, demo apps)
   ztna serve --config FILE         run the production edge
+  ztna agent enroll|status         enroll this device with the edge; show its enrollment
   ztna version                     print the version
 
 Run 'ztna COMMAND -h' for the flags of a command.
@@ -48,6 +49,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runDev(ctx, args[1:], stdout, stderr)
 	case "serve":
 		err = runServe(ctx, args[1:], stderr)
+	case "agent":
+		err = runAgent(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "ztna", version)
 	case "help", "-h", "-help", "--help":
