@@ -17,7 +17,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"math/big"
 	"net/url"
@@ -30,6 +29,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/ztna-dev/ztna/internal/files"
 )
 
 // Device certificate layout. The URI SANs carry the identities; CN repeats
@@ -208,26 +209,7 @@ func newDeviceCA(cert *x509.Certificate, signer crypto.Signer, now time.Time) (*
 }
 
 func readBounded(path string) ([]byte, fs.FileInfo, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, nil, errors.New("not a regular file")
-	}
-	data, err := io.ReadAll(io.LimitReader(f, maxPEMFileBytes+1))
-	if err != nil {
-		return nil, nil, err
-	}
-	if len(data) > maxPEMFileBytes {
-		return nil, nil, fmt.Errorf("larger than %d bytes", maxPEMFileBytes)
-	}
-	return data, fi, nil
+	return files.ReadRegular(path, maxPEMFileBytes)
 }
 
 func readKeyFile(path string) (crypto.Signer, error) {

@@ -84,20 +84,18 @@ func (c *assertionCache) get(s *identity.Signer, sess *authn.Session, app, devic
 
 // dropSession forgets every assertion of a revoked session.
 func (c *assertionCache) dropSession(key string) {
-	c.mu.Lock()
-	for k := range c.m {
-		if k.session == key {
-			delete(c.m, k)
-		}
-	}
-	c.mu.Unlock()
+	c.dropWhere(func(k assertionKey) bool { return k.session == key })
 }
 
 // dropDevice forgets every assertion naming a revoked device.
 func (c *assertionCache) dropDevice(id string) {
+	c.dropWhere(func(k assertionKey) bool { return k.device == id })
+}
+
+func (c *assertionCache) dropWhere(match func(assertionKey) bool) {
 	c.mu.Lock()
 	for k := range c.m {
-		if k.device == id {
+		if match(k) {
 			delete(c.m, k)
 		}
 	}

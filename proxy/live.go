@@ -79,36 +79,22 @@ func (l *liveRegistry) revokeSession(key, reason string) {
 
 // revokeDevice closes every live exchange that came from a device.
 func (l *liveRegistry) revokeDevice(id, reason string) {
-	var closed []*liveEntry
-	l.mu.Lock()
-	for key, m := range l.bySess {
-		for e := range m {
-			if e.device == id {
-				delete(m, e)
-				closed = append(closed, e)
-			}
-		}
-		if len(m) == 0 {
-			delete(l.bySess, key)
-		}
-	}
-	l.mu.Unlock()
-	for _, e := range closed {
-		e.cancel(errors.New(reason))
-	}
-	if len(closed) > 0 {
-		l.logger.Info("closed live connections", "reason", reason, "count", len(closed))
-	}
+	l.closeWhere(func(e *liveEntry) bool { return e.device == id }, reason)
 }
 
 // reevaluate asks the new policy about every live exchange and closes those
 // it no longer allows.
 func (l *liveRegistry) reevaluate(p groups.Authorizer, reason string) {
+	l.closeWhere(func(e *liveEntry) bool { return !p.Decide(e.req).Allow }, reason)
+}
+
+// closeWhere closes every live exchange for which match is true.
+func (l *liveRegistry) closeWhere(match func(*liveEntry) bool, reason string) {
 	var closed []*liveEntry
 	l.mu.Lock()
 	for key, m := range l.bySess {
 		for e := range m {
-			if !p.Decide(e.req).Allow {
+			if match(e) {
 				delete(m, e)
 				closed = append(closed, e)
 			}

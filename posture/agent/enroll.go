@@ -37,6 +37,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/ztna-dev/ztna/internal/files"
 	"github.com/ztna-dev/ztna/posture"
 )
 
@@ -640,26 +641,7 @@ func loadKey(path string) (*ecdsa.PrivateKey, error) {
 
 // readStateFile reads a regular file of at most maxStateFileBytes.
 func readStateFile(path string) ([]byte, fs.FileInfo, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, nil, errors.New("not a regular file")
-	}
-	data, err := io.ReadAll(io.LimitReader(f, maxStateFileBytes+1))
-	if err != nil {
-		return nil, nil, err
-	}
-	if len(data) > maxStateFileBytes {
-		return nil, nil, fmt.Errorf("larger than %d bytes", maxStateFileBytes)
-	}
-	return data, fi, nil
+	return files.ReadRegular(path, maxStateFileBytes)
 }
 
 // writeTemp writes data to a new 0600 file next to path, synced, and
