@@ -145,6 +145,10 @@ func NewDevices(st store.Store, ca *DeviceCA, logger *slog.Logger) *Devices {
 	}
 }
 
+// SetCertTTL sets the lifetime of the certificates issued from now on
+// (DefaultCertTTL until set). Call it before serving.
+func (d *Devices) SetCertTTL(ttl time.Duration) { d.certTTL = ttl }
+
 // OnRevoke registers fn to be called with the ID of every device revoked
 // through this registry (or seen revoked by Check after another replica
 // revoked it), so the edge can close the device's live connections. fn must

@@ -37,7 +37,19 @@ type EDRRequirement struct {
 	// ManagerWindow: the EDR must have reached its management server within
 	// this long. 0 means DefaultManagerWindow.
 	ManagerWindow time.Duration `yaml:"manager_window"`
+	// ContactFrom says whose word counts for that contact: "agent" (the
+	// agent's TLS probe of the manager, in its signed report), "vendor" (the
+	// EDR vendor's own check-in, arriving as an edr_checkin signal) or
+	// "either" (the default: the later of the two).
+	ContactFrom string `yaml:"contact_from"`
 }
+
+// Contact sources of EDRRequirement.ContactFrom.
+const (
+	ContactEither = "either"
+	ContactAgent  = "agent"
+	ContactVendor = "vendor"
+)
 
 // Profile defaults.
 const (
@@ -90,6 +102,8 @@ type compiledEDR struct {
 	name    string
 	allowed map[string]struct{} // lower-case hex
 	window  time.Duration
+	agent   bool // the agent's probe counts as contact
+	vendor  bool // the vendor's check-in counts as contact
 }
 
 // Name returns the profile's name.
@@ -167,6 +181,16 @@ func CompileProfiles(ps []Profile) (map[string]*CompiledProfile, error) {
 			if ce.window == 0 {
 				ce.window = DefaultManagerWindow
 			}
+			switch e.ContactFrom {
+			case "", ContactEither:
+				ce.agent, ce.vendor = true, true
+			case ContactAgent:
+				ce.agent = true
+			case ContactVendor:
+				ce.vendor = true
+			default:
+				return nil, fail("edr.contact_from", fmt.Sprintf("%q is not one of agent, vendor, either", e.ContactFrom))
+			}
 			for j, h := range e.AllowedSHA256 {
 				lh := strings.ToLower(h)
 				if !isLowerHex(lh, 64) {
@@ -213,16 +237,33 @@ const (
 	CheckEDRManager     = "edr_manager"     // the EDR has not reached its management server recently
 )
 
-// Evaluate decides the device's posture from its latest accepted report,
-// which the edge received at receivedAt, at time now. It does no I/O and,
-// when the device passes, does not allocate.
+// Evidence is what the edge knows about a device's posture: its latest
+// accepted report and the EDR vendors' own check-ins. A value is never
+// modified once published; the edge replaces it.
+type Evidence struct {
+	Report     *Report   // the latest accepted report; nil: none yet
+	ReceivedAt time.Time // when the edge accepted Report (edge clock)
+	// CheckIns holds, per EDR name, when the vendor last said the device's
+	// EDR checked in with its management server (edge clock, from
+	// edr_checkin signals).
+	CheckIns map[string]time.Time
+}
+
+// Evaluate decides the device's posture from ev at time now. It does no
+// I/O and, when the device passes, does not allocate.
 //
 // A report older than max_age fails on that alone: its other contents no
-// longer describe the device. The EDR's management-server contact is aged
-// on the agent's clock (collected_at minus manager_last_reached) plus the
-// time since the report arrived, so a skewed device clock neither helps nor
-// hurts.
-func (p *CompiledProfile) Evaluate(latest *Report, receivedAt, now time.Time) Verdict {
+// longer describe the device. The EDR's management-server contact reported
+// by the agent is aged on the agent's clock (collected_at minus
+// manager_last_reached) plus the time since the report arrived, so a skewed
+// device clock neither helps nor hurts; a vendor check-in is aged on the
+// edge's clock.
+func (p *CompiledProfile) Evaluate(ev *Evidence, now time.Time) Verdict {
+	var latest *Report
+	var receivedAt time.Time
+	if ev != nil {
+		latest, receivedAt = ev.Report, ev.ReceivedAt
+	}
 	if latest == nil || receivedAt.IsZero() {
 		return fail1(Failure{
 			Check:  CheckReport,
@@ -268,7 +309,7 @@ func (p *CompiledProfile) Evaluate(latest *Report, receivedAt, now time.Time) Ve
 		}
 	}
 	if e := p.edr; e != nil {
-		fs, expires = e.evaluate(fs, expires, latest, receivedAt, now)
+		fs, expires = e.evaluate(fs, expires, latest, receivedAt, ev.CheckIns[e.name], now)
 	}
 	if fs != nil {
 		return Verdict{Failures: fs}
@@ -293,7 +334,7 @@ func checkBool(fs []Failure, v *bool, check, off, unknown, fix string) []Failure
 // EDR check: the process runs (not just a file on disk), its executable is
 // an approved build (not a renamed dummy), and it has recently reached its
 // management server (not firewalled off from it).
-func (e *compiledEDR) evaluate(fs []Failure, expires time.Time, r *Report, receivedAt, now time.Time) ([]Failure, time.Time) {
+func (e *compiledEDR) evaluate(fs []Failure, expires time.Time, r *Report, receivedAt, checkIn, now time.Time) ([]Failure, time.Time) {
 	var st *EDRState
 	for i := range r.EDR {
 		if r.EDR[i].Name == e.name {
@@ -323,10 +364,21 @@ func (e *compiledEDR) evaluate(fs []Failure, expires time.Time, r *Report, recei
 	// failure, so a passing device costs no allocation.
 	// Written without adding durations: Sub saturates for absurd times, and
 	// a sum could wrap around to a passing value.
-	sinceContact := max(r.CollectedAt.Sub(st.ManagerLastReached), 0)
-	sinceReport := max(now.Sub(receivedAt), 0)
-	if !st.ManagerLastReached.IsZero() && sinceContact <= e.window && sinceReport <= e.window-sinceContact {
-		if until := receivedAt.Add(e.window - sinceContact); until.Before(expires) {
+	var until time.Time // when the freshest accepted contact leaves the window
+	if e.agent && !st.ManagerLastReached.IsZero() {
+		sinceContact := max(r.CollectedAt.Sub(st.ManagerLastReached), 0)
+		sinceReport := max(now.Sub(receivedAt), 0)
+		if sinceContact <= e.window && sinceReport <= e.window-sinceContact {
+			until = receivedAt.Add(e.window - sinceContact)
+		}
+	}
+	if e.vendor && !checkIn.IsZero() && !checkIn.After(now) && now.Sub(checkIn) <= e.window {
+		if u := checkIn.Add(e.window); u.After(until) {
+			until = u
+		}
+	}
+	if !until.IsZero() {
+		if until.Before(expires) {
 			expires = until
 		}
 		return fs, expires
@@ -340,6 +392,13 @@ func (e *compiledEDR) evaluate(fs []Failure, expires time.Time, r *Report, recei
 		lastError = " (last error: " + st.ManagerError + ")"
 	}
 	const managerFix = "allow the EDR to reach its management server: check the firewall, proxy and network settings on this device"
+	if !e.agent {
+		reason := fmt.Sprintf("EDR %s has not checked in with its vendor's management server within %s", e.name, e.window)
+		if !checkIn.IsZero() {
+			reason = fmt.Sprintf("EDR %s last checked in with its vendor's management server at %s (limit %s)", e.name, checkIn.UTC().Format(time.RFC3339), e.window)
+		}
+		return append(fs, Failure{Check: CheckEDRManager, Reason: reason, Fix: managerFix}), expires
+	}
 	if st.ManagerLastReached.IsZero() {
 		return append(fs, Failure{Check: CheckEDRManager,
 			Reason: fmt.Sprintf("EDR %s has never reached %s%s", e.name, server, lastError),

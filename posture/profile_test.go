@@ -69,6 +69,7 @@ func TestCompileProfilesErrors(t *testing.T) {
 		{"edr non-hex hash", []Profile{edr(func(e *EDRRequirement) { e.AllowedSHA256 = []string{strings.Repeat("z", 64)} })}, "profiles[0].edr.allowed_sha256[0]", "64 hex digits"},
 		{"edr hash with spaces", []Profile{edr(func(e *EDRRequirement) { e.AllowedSHA256 = []string{" " + rptHash} })}, "profiles[0].edr.allowed_sha256[0]", "64 hex digits"},
 		{"edr negative window", []Profile{edr(func(e *EDRRequirement) { e.ManagerWindow = -time.Minute })}, "profiles[0].edr.manager_window", "negative"},
+		{"edr unknown contact source", []Profile{edr(func(e *EDRRequirement) { e.ContactFrom = "device" })}, "profiles[0].edr.contact_from", "agent, vendor, either"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m, err := CompileProfiles(tc.profiles)
@@ -120,6 +121,8 @@ func TestEvaluate(t *testing.T) {
 		Profile{Name: "baseline"},
 		Profile{Name: "disk", RequireDiskEncryption: true, MaxAge: 30 * time.Second},
 		Profile{Name: "kernel", MinKernel: "6.8.1"},
+		Profile{Name: "vendor", EDR: &EDRRequirement{Name: "falcon-sensor", AllowedSHA256: []string{rptHash}, ContactFrom: ContactVendor}},
+		Profile{Name: "agent", EDR: &EDRRequirement{Name: "falcon-sensor", AllowedSHA256: []string{rptHash}, ContactFrom: ContactAgent}},
 	)
 	now := rptT0.Add(20 * time.Second)
 	type want struct{ check, reason string }
@@ -131,6 +134,7 @@ func TestEvaluate(t *testing.T) {
 		edit     func(*Report) // applied to rptReport()
 		noReport bool
 		received time.Duration // before now; 0 means 20s
+		checkIn  time.Duration // vendor check-in of falcon-sensor this long before now; 0: none
 		want     []want        // nil: OK
 	}{
 		{name: "compliant", want: nil},
@@ -188,6 +192,19 @@ func TestEvaluate(t *testing.T) {
 		}},
 		{name: "manager reached in year 1", edit: edr(func(e *EDRState) { e.ManagerLastReached = time.Date(1, 1, 1, 0, 0, 1, 0, time.UTC) }),
 			want: []want{{CheckEDRManager, "EDR falcon-sensor has not reached its management server ts01-b.cloudsink.net:443 since 0001-01-01T00:00:01Z (limit 10m0s)"}}},
+		// The vendor's own check-in (an edr_checkin signal) as contact.
+		{name: "blocked agent probe, recent vendor check-in", checkIn: 2 * time.Minute, edit: edr(func(e *EDRState) { e.ManagerLastReached = time.Time{} })},
+		{name: "blocked agent probe, old vendor check-in", checkIn: 11 * time.Minute, edit: edr(func(e *EDRState) { e.ManagerLastReached = time.Time{}; e.ManagerError = "" }),
+			want: []want{{CheckEDRManager, "EDR falcon-sensor has never reached its management server ts01-b.cloudsink.net:443"}}},
+		{name: "vendor-only profile ignores the agent's probe", profile: "vendor",
+			want: []want{{CheckEDRManager, "EDR falcon-sensor has not checked in with its vendor's management server within 10m0s"}}},
+		{name: "vendor-only profile, stale check-in", profile: "vendor", checkIn: 10*time.Minute + time.Second,
+			want: []want{{CheckEDRManager, "EDR falcon-sensor last checked in with its vendor's management server at 2025-06-01T11:50:19Z (limit 10m0s)"}}},
+		{name: "vendor-only profile, fresh check-in", profile: "vendor", checkIn: time.Minute},
+		{name: "agent-only profile ignores the vendor", profile: "agent", checkIn: time.Minute, edit: edr(func(e *EDRState) { e.ManagerLastReached = time.Time{}; e.ManagerAddr = "" }),
+			want: []want{{CheckEDRManager, "EDR falcon-sensor has never reached its management server"}}},
+		{name: "vendor check-in from the future does not count", profile: "vendor", checkIn: -time.Hour,
+			want: []want{{CheckEDRManager, "EDR falcon-sensor last checked in with its vendor's management server at 2025-06-01T13:00:20Z (limit 10m0s)"}}},
 		{name: "manager reached after collection started", edit: edr(func(e *EDRState) { e.ManagerLastReached = rptT0.Add(time.Second) })},
 		{name: "renamed dummy and blocked manager", edit: edr(func(e *EDRState) {
 			e.ExeSHA256 = rptHash2[:62] + "00"
@@ -243,7 +260,11 @@ func TestEvaluate(t *testing.T) {
 			if tc.noReport {
 				latest, received = nil, time.Time{}
 			}
-			v := p.Evaluate(latest, received, now)
+			ev := &Evidence{Report: latest, ReceivedAt: received}
+			if tc.checkIn != 0 {
+				ev.CheckIns = map[string]time.Time{"falcon-sensor": now.Add(-tc.checkIn)}
+			}
+			v := p.Evaluate(ev, now)
 			if v.OK != (tc.want == nil) {
 				t.Errorf("OK = %v, failures %+v", v.OK, v.Failures)
 			}
@@ -298,10 +319,11 @@ func TestEvaluatePassDoesNotAllocate(t *testing.T) {
 	p := rptCompile(t, rptStrict())["strict"]
 	r := rptReport()
 	received, now := rptT0, rptT0.Add(10*time.Second)
-	if v := p.Evaluate(&r, received, now); !v.OK {
+	ev := &Evidence{Report: &r, ReceivedAt: received}
+	if v := p.Evaluate(ev, now); !v.OK {
 		t.Fatalf("not OK: %+v", v.Failures)
 	}
-	if n := testing.AllocsPerRun(100, func() { p.Evaluate(&r, received, now) }); n != 0 {
+	if n := testing.AllocsPerRun(100, func() { p.Evaluate(ev, now) }); n != 0 {
 		t.Fatalf("Evaluate allocates %v times on a pass", n)
 	}
 }
@@ -311,9 +333,10 @@ func BenchmarkEvaluate(b *testing.B) {
 	r := rptReport()
 	received, now := rptT0, rptT0.Add(10*time.Second)
 	b.Run("pass", func(b *testing.B) {
+		ev := &Evidence{Report: &r, ReceivedAt: received}
 		b.ReportAllocs()
 		for b.Loop() {
-			if !p.Evaluate(&r, received, now).OK {
+			if !p.Evaluate(ev, now).OK {
 				b.Fatal("not OK")
 			}
 		}
@@ -321,9 +344,10 @@ func BenchmarkEvaluate(b *testing.B) {
 	b.Run("fail_edr_hash", func(b *testing.B) {
 		r := rptReport()
 		r.EDR[0].ExeSHA256 = rptHash2[:62] + "00"
+		ev := &Evidence{Report: &r, ReceivedAt: received}
 		b.ReportAllocs()
 		for b.Loop() {
-			if p.Evaluate(&r, received, now).OK {
+			if p.Evaluate(ev, now).OK {
 				b.Fatal("OK")
 			}
 		}

@@ -21,7 +21,7 @@ type assertion struct {
 	groups  []string
 }
 
-type assertionKey struct{ session, app, device string }
+type assertionKey struct{ session, app, device, posture string }
 
 // maxAssertions bounds the cache; past it, an arbitrary entry is evicted
 // (a miss costs one signature).
@@ -39,11 +39,13 @@ func newAssertionCache() *assertionCache {
 	return &assertionCache{m: make(map[assertionKey]*assertion)}
 }
 
-// get returns a current assertion for sess and app, signing a new one when
+// get returns a current assertion for sess and app from device (""
+// without one), which satisfied the posture profile named posture ("": the
+// app requires none), signing a new one when
 // there is none, the session changed (refresh, attribute change), the
 // signing key rotated, or it is within a fifth of its lifetime of expiring.
-func (c *assertionCache) get(s *identity.Signer, sess *authn.Session, app, device string, ttl time.Duration) (*assertion, error) {
-	k := assertionKey{sess.Key, app, device}
+func (c *assertionCache) get(s *identity.Signer, sess *authn.Session, app, device, posture string, ttl time.Duration) (*assertion, error) {
+	k := assertionKey{sess.Key, app, device, posture}
 	now := time.Now()
 	c.mu.RLock()
 	a := c.m[k]
@@ -57,7 +59,7 @@ func (c *assertionCache) get(s *identity.Signer, sess *authn.Session, app, devic
 	// the documented rule (SignFitting) rather than sending a header the
 	// app would reject.
 	tok, err := s.SignFitting(identity.Claims{
-		Subject: id.Subject, Audience: app, Email: id.Email, Name: id.Name, Groups: id.Groups, Device: device,
+		Subject: id.Subject, Audience: app, Email: id.Email, Name: id.Name, Groups: id.Groups, Device: device, Posture: posture,
 		SessionID: sess.Ref(), IssuedAt: now.Unix(), NotBefore: now.Unix(), Expiry: now.Add(ttl).Unix(),
 	}, identity.MaxTLVTokenBytes)
 	if err != nil {

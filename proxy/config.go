@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -16,6 +17,7 @@ import (
 	"github.com/ztna-dev/ztna/authn"
 	"github.com/ztna-dev/ztna/groups"
 	"github.com/ztna-dev/ztna/internal/config"
+	"github.com/ztna-dev/ztna/posture"
 	"github.com/ztna-dev/ztna/proxy/edge"
 )
 
@@ -49,6 +51,14 @@ type Config struct {
 	Pool PoolConfig `yaml:"pool"`
 	// Devices is device trust.
 	Devices DevicesConfig `yaml:"devices"`
+	// Posture is what devices must satisfy: named profiles that apps
+	// require with posture_profile.
+	Posture PostureConfig `yaml:"posture"`
+	// Signals is the detection-signal API (Falcosidekick, EDRs) and the
+	// quarantine it drives.
+	Signals SignalsConfig `yaml:"signals"`
+	// Admin is the admin API (release and quarantine devices).
+	Admin AdminConfig `yaml:"admin"`
 
 	// sourceHash is the SHA-256 of the file the config was loaded from
 	// (nil for configs built in code): the baseline of the file watcher.
@@ -63,6 +73,53 @@ type DevicesConfig struct {
 	// created on first start. The key file must be mode 0600.
 	CACertFile string `yaml:"ca_cert_file"`
 	CAKeyFile  string `yaml:"ca_key_file"`
+	// CertTTL is the lifetime of a device certificate; the agent renews it
+	// when a third of it is left. 0 → 24h. Read at start.
+	CertTTL time.Duration `yaml:"cert_ttl"`
+}
+
+// PostureConfig configures posture checks.
+type PostureConfig struct {
+	// Profiles are named sets of requirements (see README, "Posture
+	// profiles"); an app names the one it needs in posture_profile.
+	Profiles []posture.Profile `yaml:"profiles"`
+	// ReportInterval is how often agents are asked to report. It must be
+	// well below every profile's max_age. 0 → 30s.
+	ReportInterval time.Duration `yaml:"report_interval"`
+	// History is how long accepted reports are kept for admins. 0 → 1h.
+	// Read at start.
+	History time.Duration `yaml:"history"`
+}
+
+// SignalsConfig configures the signal API and quarantine.
+type SignalsConfig struct {
+	// TokenFile holds the bearer token that senders (Falcosidekick, an EDR
+	// integration) present to POST /api/signals and /api/signals/falco: at
+	// least 32 characters. "" → the signal API is off.
+	TokenFile string `yaml:"token_file"`
+	// MinSeverity is the lowest detection severity that quarantines the
+	// device (Falco priorities: emergency, alert, critical, error,
+	// warning, notice, informational, debug). "" → critical.
+	MinSeverity string `yaml:"min_severity"`
+	// QuarantineUser also quarantines the device's user: every request of
+	// theirs is refused, from any device, until released.
+	QuarantineUser bool `yaml:"quarantine_user"`
+	// ReleaseProfile releases a quarantined device automatically when a
+	// report collected after the quarantine passes this profile. "" →
+	// only an admin releases (POST /api/devices/ID/release).
+	ReleaseProfile string `yaml:"release_profile"`
+	// WebhookURLFile holds a Slack-compatible incoming-webhook URL that is
+	// told about quarantines and releases (the URL is a secret, so it
+	// comes from a file). "" → no notifications. Read at start.
+	WebhookURLFile string `yaml:"webhook_url_file"`
+}
+
+// AdminConfig configures the admin API.
+type AdminConfig struct {
+	// TokenFile holds the bearer token of the admin API (list, quarantine
+	// and release devices): at least 32 characters. "" → the admin API is
+	// off.
+	TokenFile string `yaml:"token_file"`
 }
 
 // DeviceCAFiles returns the device CA's certificate and key paths.
@@ -142,6 +199,11 @@ type AppConfig struct {
 	UpstreamCAFile string `yaml:"upstream_ca_file"`
 	// Rules decide who may use the app. Empty → nobody.
 	Rules []groups.Rule `yaml:"rules"`
+	// PostureProfile names the posture profile (posture.profiles) every
+	// request to the app must satisfy, which also means it must come from
+	// an enrolled device. "" → no posture requirement (a quarantined
+	// device or user is refused everywhere regardless).
+	PostureProfile string `yaml:"posture_profile"`
 }
 
 var (
@@ -233,6 +295,31 @@ func (c *Config) check() *fieldError {
 	if (c.Devices.CACertFile == "") != (c.Devices.CAKeyFile == "") {
 		return &fieldError{"devices", "ca_cert_file and ca_key_file go together"}
 	}
+	if c.Devices.CertTTL < 0 || (c.Devices.CertTTL > 0 && c.Devices.CertTTL < 10*time.Minute) {
+		return &fieldError{"devices.cert_ttl", "must be at least 10m (agents renew when a third is left)"}
+	}
+	profiles, err := posture.CompileProfiles(c.Posture.Profiles)
+	if err != nil {
+		var pe *posture.ProfileError
+		if errors.As(err, &pe) {
+			return &fieldError{"posture." + pe.Path(), pe.Msg}
+		}
+		return &fieldError{"posture.profiles", err.Error()}
+	}
+	if c.Posture.ReportInterval < 0 || c.Posture.History < 0 {
+		return &fieldError{"posture", "durations must not be negative"}
+	}
+	for i, p := range c.Posture.Profiles {
+		if c.reportInterval() >= profiles[p.Name].MaxAge() {
+			return &fieldError{fmt.Sprintf("posture.profiles[%d].max_age", i), fmt.Sprintf("must be longer than posture.report_interval (%s), or every device fails between reports", c.reportInterval())}
+		}
+	}
+	if _, err := c.minSeverity(); err != nil {
+		return &fieldError{"signals.min_severity", strings.TrimPrefix(err.Error(), "posture: ")}
+	}
+	if rp := c.Signals.ReleaseProfile; rp != "" && profiles[rp] == nil {
+		return &fieldError{"signals.release_profile", fmt.Sprintf("no posture profile named %q", rp)}
+	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		return &fieldError{"tls", "cert_file and key_file go together"}
 	}
@@ -268,6 +355,9 @@ func (c *Config) check() *fieldError {
 			return &fieldError{at("name"), fmt.Sprintf("app %q is defined twice", a.Name)}
 		}
 		names[a.Name] = true
+		if a.PostureProfile != "" && profiles[a.PostureProfile] == nil {
+			return &fieldError{at("posture_profile"), fmt.Sprintf("no posture profile named %q in posture.profiles", a.PostureProfile)}
+		}
 		switch a.ProxyProtocol {
 		case "", "v2":
 		default:
@@ -367,6 +457,22 @@ func (c *Config) assertionTTL() time.Duration {
 		return c.Signing.AssertionTTL
 	}
 	return 5 * time.Minute
+}
+
+// reportInterval is the interval agents are asked to report at.
+func (c *Config) reportInterval() time.Duration {
+	if c.Posture.ReportInterval > 0 {
+		return c.Posture.ReportInterval
+	}
+	return 30 * time.Second
+}
+
+// minSeverity is the lowest detection severity that quarantines.
+func (c *Config) minSeverity() (posture.Severity, error) {
+	if c.Signals.MinSeverity == "" {
+		return posture.SeverityCritical, nil
+	}
+	return posture.ParseSeverity(c.Signals.MinSeverity)
 }
 
 // publicPort is the port browsers use.

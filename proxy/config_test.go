@@ -252,6 +252,29 @@ oidc:
     host: wiki.example.com
     host: evil.example.com
 `, "ztna.yaml:8: apps[0].host: duplicate key (first set on line 7)"},
+		{"unknown posture profile", cfgHead + cfgWiki + `    posture_profile: strict
+`, `ztna.yaml:11: apps[0].posture_profile: no posture profile named "strict" in posture.profiles`},
+		{"bad profile hash", cfgHead + `posture:
+  profiles:
+    - name: strict
+      edr:
+        name: falcon-sensor
+        allowed_sha256: [abc]
+`, `ztna.yaml:10: posture.profiles[0].edr.allowed_sha256[0]: must be 64 hex digits (sha256sum of the executable)`},
+		{"report interval above max_age", cfgHead + `posture:
+  report_interval: 2m
+  profiles:
+    - name: baseline
+`, `ztna.yaml:8: posture.profiles[0].max_age: must be longer than posture.report_interval (2m0s), or every device fails between reports`},
+		{"min_severity", cfgHead + `signals:
+  min_severity: scary
+`, `ztna.yaml:6: signals.min_severity: unknown severity "scary" (want one of debug, informational, notice, warning, error, critical, alert, emergency, or low, medium, high)`},
+		{"release profile unknown", cfgHead + `signals:
+  release_profile: strict
+`, `ztna.yaml:6: signals.release_profile: no posture profile named "strict"`},
+		{"cert_ttl too short", cfgHead + `devices:
+  cert_ttl: 1m
+`, `ztna.yaml:6: devices.cert_ttl: must be at least 10m (agents renew when a third is left)`},
 		{"two documents", cfgHead + "---\n" + cfgHead, "ztna.yaml:5: a second YAML document (---) is not allowed; keep everything in one document"},
 		{"empty file", "", "ztna.yaml: file has no YAML content"},
 		{"only comments", "# nothing yet\n", "ztna.yaml: file has no YAML content"},

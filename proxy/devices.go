@@ -27,13 +27,19 @@ const (
 	PathDevice       = authn.PathDevice       // approval page (GET) and decision (POST)
 	PathDeviceEnroll = "/.ztna/device/enroll" // agent: start
 	PathDeviceToken  = "/.ztna/device/token"  // agent: poll for the certificate
+	PathDeviceNonce  = "/.ztna/device/nonce"  // agent (device certificate): a nonce for the next report
+	PathDeviceReport = "/.ztna/device/report" // agent (device certificate): a signed posture report
+	PathDeviceRenew  = "/.ztna/device/renew"  // agent: a new certificate, by proof of the device key
 	maxDeviceBody    = 64 << 10
+
+	// ReportContentType is the media type of a posture report's wire form.
+	ReportContentType = "application/ztna-posture-report"
 )
 
 // serveDevice answers the device endpoints. It reports whether r was one.
 func (e *Edge) serveDevice(w http.ResponseWriter, r *http.Request, st *State) bool {
 	switch r.URL.Path {
-	case PathDevice, PathDeviceEnroll, PathDeviceToken:
+	case PathDevice, PathDeviceEnroll, PathDeviceToken, PathDeviceNonce, PathDeviceReport, PathDeviceRenew:
 	default:
 		return false
 	}
@@ -47,6 +53,12 @@ func (e *Edge) serveDevice(w http.ResponseWriter, r *http.Request, st *State) bo
 		err = e.deviceEnroll(w, r)
 	case r.URL.Path == PathDeviceToken && r.Method == http.MethodPost:
 		err = e.deviceToken(w, r)
+	case r.URL.Path == PathDeviceNonce && r.Method == http.MethodPost:
+		err = e.deviceNonce(w, r, st)
+	case r.URL.Path == PathDeviceReport && r.Method == http.MethodPost:
+		err = e.deviceReport(w, r, st)
+	case r.URL.Path == PathDeviceRenew && r.Method == http.MethodPost:
+		err = e.deviceRenew(w, r)
 	case r.URL.Path == PathDevice && (r.Method == http.MethodGet || r.Method == http.MethodPost):
 		err = e.deviceApproval(w, r, st)
 	default:
@@ -128,6 +140,147 @@ func (e *Edge) deviceToken(w http.ResponseWriter, r *http.Request) error {
 	}
 	return writeJSON(w, http.StatusOK, map[string]any{
 		"device_id":   dev.ID,
+		"certificate": string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
+		"ca":          string(e.opts.DeviceCA.CertPEM()),
+	})
+}
+
+// certDevice is the device whose client certificate r presented.
+func (e *Edge) certDevice(r *http.Request) (*posture.Device, error) {
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return nil, &httperr.Error{Status: http.StatusUnauthorized, Code: "device_certificate_required",
+			Message: "Present the device certificate (ztna agent does this after enrollment)."}
+	}
+	d, err := e.devices.Check(r.Context(), r.TLS.PeerCertificates, time.Now())
+	if err != nil {
+		return nil, &httperr.Error{Status: http.StatusForbidden, Code: "device_refused",
+			Message: "This device's certificate is not accepted: it was revoked or replaced.",
+			Hint:    "Run ztna agent status; if the device was revoked, enroll it again.", Cause: err}
+	}
+	return d, nil
+}
+
+func (e *Edge) deviceNonce(w http.ResponseWriter, r *http.Request, st *State) error {
+	d, err := e.certDevice(r)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, map[string]any{
+		"nonce":    e.reports.IssueNonce(d.ID),
+		"interval": int(st.Config.reportInterval() / time.Second),
+	})
+}
+
+// profileVerdict is one profile's verdict in a report answer.
+type profileVerdict struct {
+	Name     string          `json:"name"`
+	OK       bool            `json:"ok"`
+	Failures []httperr.Check `json:"failures,omitempty"`
+}
+
+// deviceReport accepts a signed posture report from the device that
+// presents the certificate, and answers with the next nonce and how the
+// device now fares against every profile, so the agent can tell its user.
+func (e *Edge) deviceReport(w http.ResponseWriter, r *http.Request, st *State) error {
+	d, err := e.certDevice(r)
+	if err != nil {
+		e.metrics.reports.WithLabelValues(httperr.As(err).Code).Inc()
+		return err
+	}
+	if ct := r.Header.Get("Content-Type"); ct != ReportContentType {
+		return httperr.BadRequest("Send the report as "+ReportContentType+".", fmt.Errorf("content type %q", ct))
+	}
+	wire, err := io.ReadAll(http.MaxBytesReader(w, r.Body, posture.MaxReportBytes))
+	if err != nil {
+		e.metrics.reports.WithLabelValues("malformed_report").Inc()
+		return &httperr.Error{Status: http.StatusRequestEntityTooLarge, Code: "malformed_report", Message: "The report is too large or was cut off.", Cause: err}
+	}
+	ev, err := e.reports.Submit(r.Context(), d, wire, time.Now())
+	if err != nil {
+		code := posture.ReportErrorCode(err)
+		if code == "" {
+			return err // the store failed: a 500, nothing accepted
+		}
+		e.metrics.reports.WithLabelValues(code).Inc()
+		status := map[string]int{"replay": http.StatusConflict, "stale_nonce": http.StatusConflict,
+			"bad_signature": http.StatusForbidden, "wrong_device": http.StatusForbidden, "device_refused": http.StatusForbidden}[code]
+		if status == 0 {
+			status = http.StatusBadRequest
+		}
+		e.logger.Info("posture report refused", "device", d.ID, "code", code, "err", err)
+		return &httperr.Error{Status: status, Code: code, Message: "The posture report was refused (" + code + ").", Cause: err}
+	}
+	e.metrics.reports.WithLabelValues("accepted").Inc()
+	now := time.Now()
+	profiles := make([]profileVerdict, 0, len(st.profiles))
+	for _, p := range st.Config.Posture.Profiles {
+		v := st.profiles[p.Name].Evaluate(ev, now)
+		pv := profileVerdict{Name: p.Name, OK: v.OK}
+		for _, f := range v.Failures {
+			pv.Failures = append(pv.Failures, httperr.Check{Check: f.Check, Reason: f.Reason, Fix: f.Fix})
+		}
+		profiles = append(profiles, pv)
+	}
+	resp := map[string]any{
+		"accepted":   true,
+		"next_nonce": e.reports.IssueNonce(d.ID),
+		"interval":   int(st.Config.reportInterval() / time.Second),
+		"profiles":   profiles,
+	}
+	q, isolated := e.quarantine.Device(d.ID)
+	if !isolated {
+		q, isolated = e.quarantine.User(d.UserID)
+	}
+	resp["quarantined"] = isolated
+	if isolated {
+		he := quarantined(q, "This device")
+		resp["quarantine"] = map[string]string{"reason": q.Reason, "fix": he.Checks[0].Fix, "source": q.Source}
+	}
+	return writeJSON(w, http.StatusOK, resp)
+}
+
+// deviceRenew issues a new certificate to a device that proves possession
+// of its key. It needs no client certificate, so an agent whose
+// certificate lapsed (a laptop asleep for days) can still renew; if one is
+// presented it must be the same device's.
+func (e *Edge) deviceRenew(w http.ResponseWriter, r *http.Request) error {
+	var req struct {
+		DeviceID string `json:"device_id"`
+		Proof    string `json:"proof"` // base64 signature by the device key
+	}
+	if err := decodeJSON(w, r, &req); err != nil {
+		return err
+	}
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		d, err := e.certDevice(r)
+		if err != nil {
+			return err
+		}
+		if d.ID != req.DeviceID {
+			return &httperr.Error{Status: http.StatusForbidden, Code: "wrong_device", Message: "The certificate presented is another device's."}
+		}
+	}
+	proof, err := base64.StdEncoding.DecodeString(req.Proof)
+	if err != nil {
+		return httperr.BadRequest("proof must be base64.", err)
+	}
+	der, err := e.devices.Renew(r.Context(), req.DeviceID, proof, time.Now())
+	if err != nil {
+		code := ""
+		switch {
+		case errors.Is(err, posture.ErrDeviceRevoked), errors.Is(err, posture.ErrNoDevice):
+			return &httperr.Error{Status: http.StatusForbidden, Code: "device_refused", Message: "This device is not enrolled (revoked or unknown).", Cause: err}
+		case errors.Is(err, posture.ErrBadProof):
+			code = "bad_proof"
+		case errors.Is(err, posture.ErrProofUsed):
+			code = "proof_used"
+		default:
+			return err
+		}
+		return &httperr.Error{Status: http.StatusBadRequest, Code: code, Message: "The renewal proof was not accepted (" + code + ").", Cause: err}
+	}
+	return writeJSON(w, http.StatusOK, map[string]any{
+		"device_id":   req.DeviceID,
 		"certificate": string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
 		"ca":          string(e.opts.DeviceCA.CertPEM()),
 	})

@@ -55,8 +55,11 @@ type Edge struct {
 	metrics    *metrics
 	pools      *identityPools
 	devices    *posture.Devices // nil without a device CA
+	reports    *posture.Reports
+	quarantine *posture.Quarantine
+	notifier   *posture.Notifier // nil without signals.webhook_url_file
 
-	stop     context.CancelFunc // stops the pool janitor
+	stop     context.CancelFunc // stops the pool janitor and the posture watcher
 	janitorW sync.WaitGroup
 
 	mu      sync.Mutex // serialises Apply
@@ -85,12 +88,8 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Edge, error) {
 	}
 	e.assets = e.pages.Assets()
 	e.live = newLiveRegistry(e.logger)
-	if opts.DeviceCA != nil {
-		e.devices = posture.NewDevices(opts.Store, opts.DeviceCA, opts.Logger)
-		e.devices.OnRevoke(func(id string) {
-			e.assertions.dropDevice(id)
-			e.live.revokeDevice(id, "device revoked")
-		})
+	if err := e.startPosture(ctx, cfg); err != nil {
+		return nil, err
 	}
 	e.sessions.OnRevoke(func(key string) {
 		e.assertions.dropSession(key)
@@ -102,8 +101,9 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Edge, error) {
 	}
 	jctx, stop := context.WithCancel(context.Background())
 	e.stop = stop
-	e.janitorW.Add(1)
+	e.janitorW.Add(2)
 	go e.janitor(jctx)
+	go e.postureWatcher(jctx)
 	return e, nil
 }
 
@@ -165,6 +165,12 @@ func (e *Edge) State() *State { return e.state.Load() }
 // Devices returns the device registry, or nil without a device CA.
 func (e *Edge) Devices() *posture.Devices { return e.devices }
 
+// Reports returns the posture report book.
+func (e *Edge) Reports() *posture.Reports { return e.reports }
+
+// Quarantine returns the quarantine registry.
+func (e *Edge) Quarantine() *posture.Quarantine { return e.quarantine }
+
 // Sessions returns the session keeper (admin actions, tests).
 func (e *Edge) Sessions() *authn.Sessions { return e.sessions }
 
@@ -184,6 +190,9 @@ func (e *Edge) Close() {
 		e.janitorW.Wait()
 	}
 	e.live.closeAll("edge shutting down")
+	if e.notifier != nil {
+		e.notifier.Close()
+	}
 	e.pools.closeAll()
 	if st := e.state.Load(); st != nil {
 		st.close()

@@ -31,7 +31,7 @@ type forwardKey struct{}
 // exchanges (WebSockets, streamed responses) are registered so a trust
 // change can cut them off.
 func (e *Edge) forward(w http.ResponseWriter, r *http.Request, st *State, a *app, sess *authn.Session, device string, req groups.Request) {
-	id, err := e.assertions.get(e.signer, sess, a.Name, device, st.Config.assertionTTL())
+	id, err := e.assertions.get(e.signer, sess, a.Name, device, a.PostureProfile, st.Config.assertionTTL())
 	if err != nil {
 		e.fail(w, r, &httperr.Error{Status: http.StatusInternalServerError, Code: "identity_unavailable",
 			Title: "Something went wrong", Message: "The access proxy could not sign your identity for this app.", Cause: err})

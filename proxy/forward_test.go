@@ -173,7 +173,7 @@ func TestAssertionCache(t *testing.T) {
 	sess := newSession(t, alice)
 	const ttl = 5 * time.Minute
 
-	a1, err := c.get(signer, sess, "wiki", "", ttl)
+	a1, err := c.get(signer, sess, "wiki", "", "", ttl)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +193,7 @@ func TestAssertionCache(t *testing.T) {
 		t.Errorf("headers user=%q email=%q groups=%q", a1.user, a1.email, a1.groups)
 	}
 
-	a2, err := c.get(signer, sess, "wiki", "", ttl)
+	a2, err := c.get(signer, sess, "wiki", "", "", ttl)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +201,7 @@ func TestAssertionCache(t *testing.T) {
 		t.Error("same session and app within refresh: signed again")
 	}
 
-	other, err := c.get(signer, sess, "docs", "", ttl)
+	other, err := c.get(signer, sess, "docs", "", "", ttl)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,10 +209,19 @@ func TestAssertionCache(t *testing.T) {
 		t.Error("another app got the wiki assertion")
 	}
 
+	// The device and the posture profile it met are part of the identity.
+	fromDevice, err := c.get(signer, sess, "wiki", "dev-1", "strict", ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := verifyAssertion(t, ks, "wiki", fromDevice.token[0]); fromDevice == a1 || got.Device != "dev-1" || got.Posture != "strict" {
+		t.Errorf("device assertion: device %q posture %q (shared with the device-less one: %v)", got.Device, got.Posture, fromDevice == a1)
+	}
+
 	// A refresh replaces the session value: the cache must notice.
 	refreshed := *sess
 	refreshed.Identity.Groups = []string{"eng"}
-	a3, err := c.get(signer, &refreshed, "wiki", "", ttl)
+	a3, err := c.get(signer, &refreshed, "wiki", "", "", ttl)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +231,7 @@ func TestAssertionCache(t *testing.T) {
 	if got := verifyAssertion(t, ks, "wiki", a3.token[0]).Groups; !reflect.DeepEqual(got, []string{"eng"}) {
 		t.Errorf("groups after refresh = %q", got)
 	}
-	if a4, _ := c.get(signer, &refreshed, "wiki", "", ttl); a4 != a3 {
+	if a4, _ := c.get(signer, &refreshed, "wiki", "", "", ttl); a4 != a3 {
 		t.Error("refreshed session: not cached")
 	}
 
@@ -232,7 +241,7 @@ func TestAssertionCache(t *testing.T) {
 	if signer2.KeyID() == signer.KeyID() {
 		t.Fatal("test keys share a kid")
 	}
-	a5, err := c.get(signer2, &refreshed, "wiki", "", ttl)
+	a5, err := c.get(signer2, &refreshed, "wiki", "", "", ttl)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,16 +252,16 @@ func TestAssertionCache(t *testing.T) {
 
 	// Close to expiry it signs again: with ttl 1ns the refresh time has
 	// passed by the next call.
-	b1, err := c.get(signer, sess, "short", "", time.Nanosecond)
+	b1, err := c.get(signer, sess, "short", "", "", time.Nanosecond)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b2, _ := c.get(signer, sess, "short", "", time.Nanosecond); b2 == b1 {
+	if b2, _ := c.get(signer, sess, "short", "", "", time.Nanosecond); b2 == b1 {
 		t.Error("assertion past its refresh time reused")
 	}
 
 	bob := newSession(t, authn.Identity{Subject: "bob-id"})
-	ab, err := c.get(signer, bob, "wiki", "", ttl)
+	ab, err := c.get(signer, bob, "wiki", "", "", ttl)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,12 +272,12 @@ func TestAssertionCache(t *testing.T) {
 	c.dropSession(sess.Key)
 	c.mu.RLock()
 	n := len(c.m)
-	_, bobKept := c.m[assertionKey{bob.Key, "wiki", ""}]
+	_, bobKept := c.m[assertionKey{bob.Key, "wiki", "", ""}]
 	c.mu.RUnlock()
 	if n != 1 || !bobKept {
 		t.Errorf("after dropSession: %d entries (bob kept: %v), want only bob's", n, bobKept)
 	}
-	if a6, _ := c.get(signer2, &refreshed, "wiki", "", ttl); a6 == a5 {
+	if a6, _ := c.get(signer2, &refreshed, "wiki", "", "", ttl); a6 == a5 {
 		t.Error("dropped session: assertion still served")
 	}
 }

@@ -34,6 +34,16 @@ type metrics struct {
 	decisionTime  prometheus.Histogram
 	reloads       *prometheus.CounterVec
 	configVersion prometheus.Gauge
+
+	// Device trust: the seed's KPIs (time to isolate, quarantines,
+	// releases, posture failures by reason).
+	postureFailures *prometheus.CounterVec
+	reports         *prometheus.CounterVec
+	signals         *prometheus.CounterVec
+	quarantines     *prometheus.CounterVec
+	releases        *prometheus.CounterVec
+	quarantined     prometheus.Gauge
+	isolation       prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -52,8 +62,31 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "ztna_proxy_config_version", Help: "Version number of the configuration in use (increments per applied load).",
 		}),
 	}
+	m.postureFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ztna_posture_failures_total", Help: "Requests refused by the posture step, by failed check (device = no device certificate).",
+	}, []string{"check"})
+	m.reports = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ztna_posture_reports_total", Help: "Posture reports received, by result (accepted or the refusal code).",
+	}, []string{"result"})
+	m.signals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ztna_signals_total", Help: "Signals received, by source and outcome (quarantined, recorded, checkin, unknown_device, rejected).",
+	}, []string{"source", "outcome"})
+	m.quarantines = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ztna_posture_quarantines_total", Help: "Quarantines started, by source.",
+	}, []string{"source"})
+	m.releases = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ztna_posture_releases_total", Help: "Quarantines lifted, by how (admin, auto).",
+	}, []string{"how"})
+	m.quarantined = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "ztna_posture_quarantined", Help: "Devices and users in quarantine now.",
+	})
+	m.isolation = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "ztna_posture_isolation_seconds", Help: "Time from a signal's arrival to its device's live connections being closed (MTTR of isolation).",
+		Buckets: []float64{1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1, 5},
+	})
 	if reg != nil {
-		reg.MustRegister(m.requests, m.decisionTime, m.reloads, m.configVersion)
+		reg.MustRegister(m.requests, m.decisionTime, m.reloads, m.configVersion,
+			m.postureFailures, m.reports, m.signals, m.quarantines, m.releases, m.quarantined, m.isolation)
 	}
 	return m
 }

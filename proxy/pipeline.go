@@ -22,8 +22,9 @@ const JWKSPath = "/.well-known/ztna/jwks.json"
 //
 //  1. route     the host (and path prefix) names an app, or the edge itself
 //  2. identify  the session cookie names a live session (authn)
-//  3. device    the client certificate names an enrolled device (issue 5)
-//  4. posture   the device's latest signed report satisfies the app (issue 5)
+//  3. device    the client certificate names an enrolled device
+//  4. posture   no quarantine applies, and the device's latest signed
+//     report satisfies the app's posture profile
 //  5. authorize the app's policy allows this user, method and path (groups)
 //  6. forward   to the app, with the client's identity headers replaced by
 //     the edge's signed ones
@@ -58,7 +59,7 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				Title: "Temporarily unavailable", Message: "Your session could not be checked.", Hint: "Try again in a moment.", Cause: err})
 			return
 		}
-		e.record(r, a, nil, "", groups.Decision{Reason: "not signed in"}, start)
+		e.record(r, a, nil, "", "", groups.Decision{Reason: "not signed in"}, start)
 		if err := st.auth.Unauthenticated(w, r, web.WantsHTML(r)); err != nil {
 			e.fail(w, r, err)
 		}
@@ -68,12 +69,18 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// 3. device
 	dev, refused := e.device(r, sess)
 	if refused != nil {
-		e.record(r, a, sess, "", groups.Decision{Reason: refused.Message}, start)
+		e.record(r, a, sess, "", "", groups.Decision{Reason: refused.Message}, start)
 		e.fail(w, r, refused)
 		return
 	}
 
-	// 4. posture checks join here with device trust.
+	// 4. posture
+	if refused := e.posture(a, sess.Identity.Subject, dev, start); refused != nil {
+		verdict, reason := refusalVerdict(refused)
+		e.record(r, a, sess, dev, verdict, groups.Decision{Reason: reason}, start)
+		e.fail(w, r, refused)
+		return
+	}
 
 	// 5. authorize
 	req := groups.Request{
@@ -83,7 +90,7 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Path:    r.URL.Path,
 	}
 	d := st.policy.Decide(req)
-	e.record(r, a, sess, dev, d, start)
+	e.record(r, a, sess, dev, a.PostureProfile, d, start)
 	if !d.Allow {
 		e.fail(w, r, &httperr.Error{Status: http.StatusForbidden, Code: "access_denied", Title: "Access denied",
 			Message: d.Reason, Rule: d.Rule,
@@ -106,6 +113,9 @@ func (e *Edge) serveEdge(w http.ResponseWriter, r *http.Request, st *State, auth
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Cache-Control", "public, max-age=300")
 		_, _ = w.Write(e.jwks)
+		return
+	case authHost && strings.HasPrefix(r.URL.Path, apiPrefix):
+		e.serveAPI(w, r, st)
 		return
 	case !strings.HasPrefix(r.URL.Path, authn.ReservedPrefix):
 		e.fail(w, r, httperr.New(http.StatusNotFound, "not_found", "This is the sign-in service of the access proxy. Open an app to use it."))
@@ -137,8 +147,10 @@ func (e *Edge) fail(w http.ResponseWriter, r *http.Request, err error) {
 	e.pages.Error(w, r, he)
 }
 
-// record emits the one audit event and the metrics of a decision.
-func (e *Edge) record(r *http.Request, a *app, sess *authn.Session, device string, d groups.Decision, start time.Time) {
+// record emits the one audit event and the metrics of a decision. posture
+// is the posture verdict: the profile passed, "fail:CHECKS", "quarantined"
+// or "" when none applied.
+func (e *Edge) record(r *http.Request, a *app, sess *authn.Session, device, posture string, d groups.Decision, start time.Time) {
 	dec := "deny"
 	counter := a.denied
 	if d.Allow {
@@ -147,7 +159,7 @@ func (e *Edge) record(r *http.Request, a *app, sess *authn.Session, device strin
 	lat := time.Since(start)
 	ev := audit.Event{
 		Time: start, Kind: "request", App: a.Name, Method: r.Method, Host: r.Host, Path: r.URL.Path,
-		Source: r.RemoteAddr, Device: device, Decision: dec, Rule: d.Rule, Reason: d.Reason, Latency: lat,
+		Source: r.RemoteAddr, Device: device, Posture: posture, Decision: dec, Rule: d.Rule, Reason: d.Reason, Latency: lat,
 	}
 	if sess != nil {
 		ev.User, ev.Email, ev.Session = sess.Identity.Subject, sess.Identity.Email, sess.Ref()
@@ -155,6 +167,21 @@ func (e *Edge) record(r *http.Request, a *app, sess *authn.Session, device strin
 	e.opts.Audit.Record(ev)
 	counter.Inc()
 	e.metrics.decisionTime.Observe(lat.Seconds())
+}
+
+// refusalVerdict is the audit verdict and reason of a posture refusal.
+func refusalVerdict(he *httperr.Error) (verdict, reason string) {
+	switch he.Code {
+	case "quarantined":
+		return "quarantined", "quarantined: " + he.Checks[0].Reason
+	case "posture_failed":
+		checks := make([]string, len(he.Checks))
+		for i, c := range he.Checks {
+			checks[i] = c.Check
+		}
+		return "fail:" + strings.Join(checks, ","), "posture: " + he.Checks[0].Reason
+	}
+	return "fail:device", he.Message
 }
 
 // device identifies the device a request comes from by its client

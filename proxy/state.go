@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -19,6 +20,8 @@ import (
 
 	"github.com/ztna-dev/ztna/authn"
 	"github.com/ztna-dev/ztna/groups"
+	"github.com/ztna-dev/ztna/internal/files"
+	"github.com/ztna-dev/ztna/posture"
 )
 
 // State is one compiled, immutable version of the configuration: routes,
@@ -35,6 +38,12 @@ type State struct {
 	policy   groups.Authorizer
 	auth     *authn.Service
 	cert     *tls.Certificate
+
+	profiles       map[string]*posture.CompiledProfile
+	releaseProfile *posture.CompiledProfile // nil: only admins release
+	minSeverity    posture.Severity         // detections at or above quarantine
+	signalsToken   []byte                   // nil: signal API off
+	adminToken     []byte                   // nil: admin API off
 }
 
 // app is one compiled app.
@@ -46,6 +55,8 @@ type app struct {
 	tlsConfig *tls.Config            // https upstreams: roots and client certificate
 	transport *http.Transport        // nil for proxy_protocol apps (pooled per identity)
 	proxy     *httputil.ReverseProxy // nil for TCP apps
+	// profile is the posture profile every request must satisfy; nil: none.
+	profile *posture.CompiledProfile
 	// allowed and denied count decisions; resolved once here rather than
 	// by label lookup on every request.
 	allowed, denied prometheus.Counter
@@ -77,6 +88,19 @@ func (e *Edge) compile(ctx context.Context, cfg *Config, version uint64) (*State
 		return nil, fmt.Errorf("compile policy: %w", err)
 	}
 	st.policy = pol
+	if st.profiles, err = posture.CompileProfiles(cfg.Posture.Profiles); err != nil {
+		return nil, fmt.Errorf("posture profiles: %w", err)
+	}
+	st.releaseProfile = st.profiles[cfg.Signals.ReleaseProfile]
+	if st.minSeverity, err = cfg.minSeverity(); err != nil {
+		return nil, fmt.Errorf("signals.min_severity: %w", err)
+	}
+	if st.signalsToken, err = readToken(cfg.Signals.TokenFile); err != nil {
+		return nil, fmt.Errorf("signals.token_file: %w", err)
+	}
+	if st.adminToken, err = readToken(cfg.Admin.TokenFile); err != nil {
+		return nil, fmt.Errorf("admin.token_file: %w", err)
+	}
 	if cfg.TLS.CertFile != "" {
 		c, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
 		if err != nil {
@@ -89,6 +113,7 @@ func (e *Edge) compile(ctx context.Context, cfg *Config, version uint64) (*State
 		if err != nil {
 			return nil, fmt.Errorf("app %q: %w", ac.Name, err)
 		}
+		a.profile = st.profiles[ac.PostureProfile]
 		st.apps[a.Name] = a
 		if a.TCP == "" {
 			st.hosts[a.hostPort] = append(st.hosts[a.hostPort], a)
@@ -210,3 +235,23 @@ func (s *State) close() {
 }
 
 func portString(p int) string { return strconv.Itoa(p) }
+
+// minTokenLen is the shortest bearer token accepted for an API.
+const minTokenLen = 32
+
+// readToken reads a bearer token from path ("" → nil: the API is off). The
+// file holds one line; surrounding white space is ignored.
+func readToken(path string) ([]byte, error) {
+	if path == "" {
+		return nil, nil
+	}
+	b, _, err := files.ReadRegular(path, 4096)
+	if err != nil {
+		return nil, err
+	}
+	tok := bytes.TrimSpace(b)
+	if len(tok) < minTokenLen || bytes.ContainsAny(tok, " \t\r\n") {
+		return nil, fmt.Errorf("%s: the token must be one line of at least %d characters", path, minTokenLen)
+	}
+	return tok, nil
+}

@@ -89,7 +89,7 @@ func (e *Edge) DialTCP(ctx context.Context, appName string, sess *authn.Session,
 	if a.ProxyProtocol == "" {
 		return upstreamDialer.DialContext(ctx, "tcp", a.TCP)
 	}
-	id, err := e.assertions.get(e.signer, sess, a.Name, device, st.Config.assertionTTL())
+	id, err := e.assertions.get(e.signer, sess, a.Name, device, a.PostureProfile, st.Config.assertionTTL())
 	if err != nil {
 		return nil, err
 	}

@@ -185,7 +185,7 @@ func TestProxyHeaderFitsReceivers(t *testing.T) {
 		groups[i] = fmt.Sprintf("group-with-a-rather-long-name-%03d", i)
 	}
 	sess := newSession(t, authn.Identity{Subject: "u-many", Email: "many@example.com", Groups: groups})
-	id, err := newAssertionCache().get(ks.Signer(testIssuer), sess, "app", "", time.Minute)
+	id, err := newAssertionCache().get(ks.Signer(testIssuer), sess, "app", "", "", time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}

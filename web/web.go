@@ -96,11 +96,12 @@ func setPageHeaders(h http.Header, csp string) {
 
 // errorBody is the JSON form of an error.
 type errorBody struct {
-	Error    string `json:"error"`
-	Message  string `json:"message"`
-	Hint     string `json:"hint,omitempty"`
-	Rule     string `json:"rule,omitempty"`
-	LoginURL string `json:"login_url,omitempty"`
+	Error    string          `json:"error"`
+	Message  string          `json:"message"`
+	Hint     string          `json:"hint,omitempty"`
+	Rule     string          `json:"rule,omitempty"`
+	LoginURL string          `json:"login_url,omitempty"`
+	Checks   []httperr.Check `json:"checks,omitempty"`
 }
 
 // Error renders e for r: an HTML page for browser navigations, JSON
@@ -115,7 +116,7 @@ func (p *Pages) Error(w http.ResponseWriter, r *http.Request, e *httperr.Error) 
 		h.Set("Cache-Control", "no-store")
 		h.Set("X-Content-Type-Options", "nosniff")
 		w.WriteHeader(e.Status)
-		_ = json.NewEncoder(w).Encode(errorBody{Error: e.Code, Message: e.Message, Hint: e.Hint, Rule: e.Rule, LoginURL: e.LoginURL})
+		_ = json.NewEncoder(w).Encode(errorBody{Error: e.Code, Message: e.Message, Hint: e.Hint, Rule: e.Rule, LoginURL: e.LoginURL, Checks: e.Checks})
 		return
 	}
 	title := e.Title
@@ -124,7 +125,7 @@ func (p *Pages) Error(w http.ResponseWriter, r *http.Request, e *httperr.Error) 
 	}
 	p.render(w, e.Status, "error.html", map[string]any{
 		"Title": title, "Status": e.Status, "Code": e.Code, "Message": e.Message,
-		"Hint": e.Hint, "Rule": e.Rule, "LoginURL": e.LoginURL,
+		"Hint": e.Hint, "Rule": e.Rule, "LoginURL": e.LoginURL, "Checks": e.Checks,
 	}, ContentSecurityPolicy)
 }
 

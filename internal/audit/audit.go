@@ -26,6 +26,7 @@ type Event struct {
 	Email    string        `json:"email,omitempty"`
 	Session  string        `json:"session,omitempty"` // session reference, never the cookie value
 	Device   string        `json:"device,omitempty"`
+	Posture  string        `json:"posture,omitempty"` // the profile passed, or "fail:CHECK,…", or "quarantined"
 	App      string        `json:"app,omitempty"`
 	Method   string        `json:"method,omitempty"`
 	Host     string        `json:"host,omitempty"`
@@ -139,6 +140,7 @@ func (e *Event) appendJSON(b []byte) []byte {
 	b = appendField(b, "email", e.Email, true)
 	b = appendField(b, "session", e.Session, true)
 	b = appendField(b, "device", e.Device, true)
+	b = appendField(b, "posture", e.Posture, true)
 	b = appendField(b, "app", e.App, true)
 	b = appendField(b, "method", e.Method, true)
 	b = appendField(b, "host", e.Host, true)

@@ -21,7 +21,7 @@ func TestEventJSONMatchesEncodingJSON(t *testing.T) {
 	events := []Event{
 		{Time: time.Date(2026, 11, 23, 14, 0, 0, 123456789, time.UTC), Kind: "request", Decision: "deny"},
 		{Time: time.Now(), Kind: "request", User: "u-alice", Email: "alice@example.com", Session: "0123456789abcdef",
-			App: "wiki", Method: "GET", Host: "wiki.example:8443", Path: "/a/b", Source: "127.0.0.1:5555",
+			Device: "dev-1", Posture: "fail:edr_running,edr_manager", App: "wiki", Method: "GET", Host: "wiki.example:8443", Path: "/a/b", Source: "127.0.0.1:5555",
 			Decision: "allow", Rule: "employees", Reason: `allowed by rule "employees"`, Latency: 12345 * time.Nanosecond},
 		{Time: time.Now(), Kind: "request", Decision: "deny", Path: "/\x00\x1f\"\\<script>&\u2028\u2029", Reason: "bad \xff utf8 \xc3",
 			User: "ユーザー", Email: "line\nbreak\tand\rreturn"},

@@ -10,6 +10,7 @@ package devenv
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -21,6 +22,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -84,6 +86,9 @@ type Env struct {
 	CAFile     string // the dev CA that signed the edge certificate
 	EchoAddr   string // the TCP echo app (PROXY v2 only; reached through the tunnel)
 	DeviceCA   *posture.DeviceCA
+	// SignalsToken and AdminToken are the bearer tokens of the signal and
+	// admin APIs (kept in the data dir).
+	SignalsToken, AdminToken string
 	// ConfigYAML is the edge's config as a `ztna serve` file, for people to
 	// read and adapt (the client secret travels in ZTNA_OIDC_CLIENT_SECRET).
 	ConfigYAML string
@@ -140,7 +145,7 @@ func Start(ctx context.Context, o Options) (env *Env, err error) {
 	issuer := "http://" + idpLn.Addr().String()
 
 	authHost := "auth." + o.Domain
-	hosts := []string{authHost, "whoami." + o.Domain, "secure." + o.Domain, "localhost", "127.0.0.1", "::1"}
+	hosts := []string{authHost, "whoami." + o.Domain, "secure." + o.Domain, "strict." + o.Domain, "localhost", "127.0.0.1", "::1"}
 	certFile, keyFile, caFile, err := ensureCerts(o.DataDir, hosts)
 	if err != nil {
 		return nil, err
@@ -218,7 +223,7 @@ func Start(ctx context.Context, o Options) (env *Env, err error) {
 		})
 	}
 	apps := map[string]string{}
-	for _, name := range []string{"whoami", "secure"} {
+	for _, name := range []string{"whoami", "secure", "strict"} {
 		v, err := verifier(name)
 		if err != nil {
 			return nil, err
@@ -241,6 +246,12 @@ func Start(ctx context.Context, o Options) (env *Env, err error) {
 	env.closers = append(env.closers, closeEcho)
 	env.EchoAddr = echoAddr
 	cfg := demoConfig(o, authHost, port, issuer, apps, echoAddr, certFile, keyFile)
+	if cfg.Signals.TokenFile, env.SignalsToken, err = ensureToken(o.DataDir, "signals-token"); err != nil {
+		return nil, err
+	}
+	if cfg.Admin.TokenFile, env.AdminToken, err = ensureToken(o.DataDir, "admin-token"); err != nil {
+		return nil, err
+	}
 	env.cfg = cfg
 
 	st, err := bolt.Open(filepath.Join(o.DataDir, "ztna.db"), bolt.Options{Logger: o.Logger})
@@ -352,8 +363,10 @@ func portSuffix(p int) string {
 	return ":" + strconv.Itoa(p)
 }
 
-// demoConfig is the edge config of the dev system: two apps on the whoami
-// upstream with rules that let some demo users in and keep others out.
+// demoConfig is the edge config of the dev system: three apps on whoami
+// upstreams with rules that let some demo users in and keep others out,
+// one of them ("strict") only from a device that passes the strict posture
+// profile, and the TCP echo app.
 func demoConfig(o Options, authHost string, port int, issuer string, upstreams map[string]string, echoAddr, certFile, keyFile string) *proxy.Config {
 	return &proxy.Config{
 		Listen: edge.Config{Address: o.Listen, HTTPRedirectAddress: o.RedirectListen, AdminAddress: o.AdminListen,
@@ -364,6 +377,12 @@ func demoConfig(o Options, authHost string, port int, issuer string, upstreams m
 		Devices: proxy.DevicesConfig{CACertFile: filepath.Join(o.DataDir, "device-ca.pem"),
 			CAKeyFile: filepath.Join(o.DataDir, "device-ca-key.pem")},
 		TLS: proxy.TLSConfig{CertFile: certFile, KeyFile: keyFile},
+		Posture: proxy.PostureConfig{Profiles: []posture.Profile{
+			{Name: "baseline"},
+			{Name: "strict", RequireDiskEncryption: true, RequireFirewall: true, EDR: &posture.EDRRequirement{
+				Name: DemoEDR, AllowedSHA256: []string{demoEDRHash}}},
+		}},
+		Signals: proxy.SignalsConfig{MinSeverity: "warning"},
 		OIDC: authn.Config{
 			Issuer: issuer, ClientID: "ztna-edge", ClientSecret: devClientSecret,
 			Scopes: []string{"openid", "profile", "email", "groups", "offline_access"},
@@ -381,11 +400,38 @@ func demoConfig(o Options, authHost string, port int, issuer string, upstreams m
 				Rules: []groups.Rule{{Name: "security-team", Groups: []string{"security"}}},
 			},
 			{
+				Name: "strict", Host: "strict." + o.Domain, Upstream: "http://" + upstreams["strict"], ProxyProtocol: "v2",
+				PostureProfile: "strict",
+				Rules:          []groups.Rule{{Name: "employees", Groups: []string{"engineering", "finance", "security"}}},
+			},
+			{
 				Name: "echo", TCP: echoAddr, ProxyProtocol: "v2",
 				Rules: []groups.Rule{{Name: "engineering", Groups: []string{"engineering"}}},
 			},
 		},
 	}
+}
+
+// DemoEDR is the EDR the strict profile asks for. No such product runs on
+// a dev machine, so the strict app shows what a failing device sees.
+const DemoEDR = "demo-edr"
+
+// demoEDRHash is the only approved build of DemoEDR: the SHA-256 of the
+// empty file, so nothing real can ever match by accident.
+const demoEDRHash = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+// ensureToken returns the path and contents of the API bearer token kept
+// in dir/name, creating a random one (mode 0600) on first use.
+func ensureToken(dir, name string) (path, token string, err error) {
+	path = filepath.Join(dir, name)
+	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) >= 32 {
+		return path, strings.TrimSpace(string(b)), nil
+	}
+	token = rand.Text() + rand.Text()
+	if err := os.WriteFile(path, []byte(token+"\n"), 0o600); err != nil {
+		return "", "", fmt.Errorf("write %s: %w", path, err)
+	}
+	return path, token, nil
 }
 
 // devClientSecret is the dev IdP's secret for the edge: not a secret, since

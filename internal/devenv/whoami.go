@@ -207,6 +207,8 @@ code{word-break:break-all}</style></head><body>
 {{else}}<p class="bad" id="verified">Assertion NOT verified: {{.VerifyError}}</p>{{end}}
 {{if .ProxyIdentity}}<p class="ok" id="proxy">PROXY v2 identity verified on this connection: <strong>{{.ProxyIdentity.Email}}</strong>, audience <code>{{.ProxyIdentity.Audience}}</code>, client <code>{{.ProxyClient}}</code>, unique ID <code>{{.ProxyUniqueID}}</code>.</p>
 {{else}}<p class="bad" id="proxy">No PROXY v2 identity on this connection.</p>{{end}}
+{{with .Claims}}{{if .Device}}<p class="ok" id="device">From enrolled device <code>{{.Device}}</code>{{if .Posture}}, which meets the <strong>{{.Posture}}</strong> posture profile{{end}}.</p>
+{{else}}<p id="device">No device certificate: this browser does not present an enrolled device's certificate (see <code>ztna agent status</code>).</p>{{end}}{{end}}
 <p>{{.Method}} <code>{{.Path}}</code> from <code>{{.ForwardedFor}}</code></p>
 <form method="get" action="/.ztna/logout"><button id="logout" type="submit">Sign out</button></form>
 <h2>Headers received</h2><table>{{range $k := keys .Headers}}<tr><td>{{$k}}</td><td><code>{{index $.Headers $k}}</code></td></tr>{{end}}</table>

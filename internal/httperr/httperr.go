@@ -21,7 +21,18 @@ type Error struct {
 	// LoginURL, when set, is where the user can (re-)authenticate; browsers
 	// get a link, API clients a JSON field.
 	LoginURL string
-	Cause    error // internal detail: logged, never shown
+	// Checks are the individual findings behind a device-trust refusal
+	// (posture, quarantine): what was detected and how to fix each.
+	Checks []Check
+	Cause  error // internal detail: logged, never shown
+}
+
+// Check is one finding shown on a refusal page: what was detected and what
+// the user can do about it.
+type Check struct {
+	Check  string `json:"check"`  // stable identifier, e.g. "edr_running"
+	Reason string `json:"reason"` // what was detected
+	Fix    string `json:"fix"`    // how to fix it
 }
 
 func (e *Error) Error() string {

@@ -31,8 +31,8 @@ type Claims struct {
 	Name            string   `json:"name,omitempty"`
 	Groups          []string `json:"groups,omitempty"`
 	GroupsTruncated bool     `json:"groups_truncated,omitempty"` // Groups is only a prefix of the user's groups: the rest did not fit (see SignFitting)
-	Device          string   `json:"device,omitempty"`           // device ID (empty until device trust lands)
-	Posture         string   `json:"posture,omitempty"`          // posture verdict (empty until then)
+	Device          string   `json:"device,omitempty"`           // device ID; empty when the client presented no device certificate
+	Posture         string   `json:"posture,omitempty"`          // the posture profile the device satisfied; empty when the app requires none
 	SessionID       string   `json:"sid,omitempty"`              // a non-secret session reference (hash), for audit correlation
 	IssuedAt        int64    `json:"iat"`
 	NotBefore       int64    `json:"nbf"`

@@ -1,0 +1,290 @@
+package proxy
+
+// The edge's JSON APIs on the auth host, each behind its own bearer token:
+// the signal API that detection tools (Falcosidekick, an EDR) post to, and
+// the admin API that lists, quarantines, releases and revokes devices.
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/ztna-dev/ztna/internal/audit"
+	"github.com/ztna-dev/ztna/internal/httperr"
+	"github.com/ztna-dev/ztna/posture"
+)
+
+// API paths.
+const (
+	PathSignals      = "/api/signals"       // generic JSON signal
+	PathSignalsFalco = "/api/signals/falco" // Falcosidekick webhook output
+	PathQuarantine   = "/api/quarantine"    // admin: list quarantines
+	pathDevicesAPI   = "/api/devices/"      // admin: /api/devices/ID/{quarantine,release,revoke}
+	pathUsersAPI     = "/api/users/"        // admin: /api/users/ID/release
+	apiPrefix        = "/api/"
+	maxAdminBody     = 16 << 10
+)
+
+// serveAPI answers /api/ on the auth host.
+func (e *Edge) serveAPI(w http.ResponseWriter, r *http.Request, st *State) {
+	var err error
+	switch p := r.URL.Path; {
+	case p == PathSignals || p == PathSignalsFalco:
+		err = e.serveSignal(w, r, st)
+	case p == PathQuarantine || strings.HasPrefix(p, pathDevicesAPI) || strings.HasPrefix(p, pathUsersAPI):
+		err = e.serveAdmin(w, r, st)
+	default:
+		err = httperr.New(http.StatusNotFound, "not_found", "No such API.")
+	}
+	if err != nil {
+		e.fail(w, r, err)
+	}
+}
+
+// bearer checks r's bearer token against want in constant time. A nil want
+// means the API is switched off.
+func bearer(w http.ResponseWriter, r *http.Request, want []byte, api string) error {
+	if want == nil {
+		return httperr.New(http.StatusNotFound, "not_found", "The "+api+" API is not enabled on this edge.")
+	}
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || subtle.ConstantTimeCompare([]byte(got), want) != 1 {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="ztna `+api+` API"`)
+		return httperr.New(http.StatusUnauthorized, "unauthenticated", "A valid bearer token for the "+api+" API is required.")
+	}
+	return nil
+}
+
+// serveSignal takes one signal and acts on it: a detection at or above
+// signals.min_severity quarantines its device (and user, if configured);
+// an EDR check-in is recorded as contact with the EDR's manager.
+func (e *Edge) serveSignal(w http.ResponseWriter, r *http.Request, st *State) error {
+	if err := bearer(w, r, st.signalsToken, "signal"); err != nil {
+		return err
+	}
+	if r.Method != http.MethodPost {
+		return httperr.New(http.StatusMethodNotAllowed, "method_not_allowed", "POST a signal.")
+	}
+	received := time.Now()
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, posture.MaxSignalBytes))
+	if err != nil {
+		return &httperr.Error{Status: http.StatusRequestEntityTooLarge, Code: "too_large", Message: fmt.Sprintf("A signal is at most %d bytes.", posture.MaxSignalBytes), Cause: err}
+	}
+	source := "webhook"
+	var sig posture.Signal
+	if r.URL.Path == PathSignalsFalco {
+		source = posture.SourceFalco
+		sig, err = posture.ParseFalco(body)
+	} else {
+		sig, err = posture.ParseSignal(body)
+	}
+	if err != nil {
+		e.metrics.signals.WithLabelValues(source, "rejected").Inc()
+		return httperr.BadRequest("The signal is not valid: "+errors.Unwrap(err).Error()+".", err)
+	}
+	source = sig.Source
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	devs, err := e.signalDevices(ctx, sig)
+	if err != nil {
+		return err
+	}
+	outcome := func(o string, extra map[string]any) error {
+		e.metrics.signals.WithLabelValues(source, o).Inc()
+		e.opts.Audit.Record(audit.Event{Time: received, Kind: "signal", User: sig.UserID, Device: strings.Join(deviceIDs(devs), ","),
+			Source: source, Decision: o, Rule: sig.Rule, Reason: sig.Reason, Latency: time.Since(received)})
+		resp := map[string]any{"outcome": o, "devices": deviceIDs(devs)}
+		for k, v := range extra {
+			resp[k] = v
+		}
+		return writeJSON(w, http.StatusOK, resp)
+	}
+
+	if sig.Kind == posture.SignalEDRCheckIn {
+		if len(devs) == 0 {
+			e.metrics.signals.WithLabelValues(source, "unknown_device").Inc()
+			return httperr.New(http.StatusNotFound, "unknown_device", "No enrolled device matches the signal's device_id or hostname.")
+		}
+		for _, d := range devs {
+			e.reports.CheckIn(d.ID, sig.EDR, sig.Time, received)
+		}
+		return outcome("checkin", nil)
+	}
+	if len(devs) == 0 && sig.UserID == "" {
+		e.metrics.signals.WithLabelValues(source, "unknown_device").Inc()
+		return httperr.New(http.StatusNotFound, "unknown_device", "No enrolled device matches the signal's device_id or hostname.")
+	}
+	if sig.Severity < st.minSeverity {
+		return outcome("recorded", map[string]any{"min_severity": st.minSeverity.String()})
+	}
+	entry := posture.QuarantineEntry{Reason: sig.Reason, Fix: sig.Fix, Source: source, Rule: sig.Rule,
+		Severity: sig.Severity, At: time.Now(), SignalAt: received, AutoRelease: st.releaseProfile != nil}
+	users := map[string]bool{}
+	if sig.UserID != "" {
+		users[sig.UserID] = true
+	}
+	for _, d := range devs {
+		q := entry
+		q.Kind, q.ID = posture.QuarantineDevice, d.ID
+		if _, err := e.quarantine.Isolate(ctx, q); err != nil {
+			return err
+		}
+		if st.Config.Signals.QuarantineUser {
+			users[d.UserID] = true
+		}
+	}
+	for u := range users {
+		q := entry
+		q.Kind, q.ID, q.AutoRelease = posture.QuarantineUser, u, false
+		if _, err := e.quarantine.Isolate(ctx, q); err != nil {
+			return err
+		}
+	}
+	e.logger.Warn("quarantined by signal", "source", source, "rule", sig.Rule, "severity", sig.Severity.String(),
+		"devices", deviceIDs(devs), "users", len(users), "isolated_in", time.Since(received))
+	return outcome("quarantined", nil)
+}
+
+// signalDevices finds the devices a signal is about: by device ID, else
+// every device enrolled under the host name (several with one name are all
+// meant: fail closed).
+func (e *Edge) signalDevices(ctx context.Context, sig posture.Signal) ([]*posture.Device, error) {
+	if e.devices == nil {
+		return nil, nil
+	}
+	if sig.DeviceID != "" {
+		d, err := e.devices.Get(ctx, sig.DeviceID)
+		if errors.Is(err, posture.ErrNoDevice) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		return []*posture.Device{d}, nil
+	}
+	if sig.Hostname == "" {
+		return nil, nil
+	}
+	all, err := e.devices.List(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	var out []*posture.Device
+	for _, d := range all {
+		if !d.Revoked && strings.EqualFold(d.Name, sig.Hostname) {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+func deviceIDs(ds []*posture.Device) []string {
+	ids := make([]string, len(ds))
+	for i, d := range ds {
+		ids[i] = d.ID
+	}
+	return ids
+}
+
+// serveAdmin is the admin API:
+//
+//	GET  /api/quarantine                   every quarantine
+//	POST /api/devices/ID/quarantine        {"reason": "...", "fix": "..."}
+//	POST /api/devices/ID/release           lift the device's quarantine
+//	POST /api/devices/ID/revoke            {"reason": "..."}
+//	POST /api/users/ID/release             lift the user's quarantine
+func (e *Edge) serveAdmin(w http.ResponseWriter, r *http.Request, st *State) error {
+	if err := bearer(w, r, st.adminToken, "admin"); err != nil {
+		return err
+	}
+	if r.URL.Path == PathQuarantine {
+		if r.Method != http.MethodGet {
+			return httperr.New(http.StatusMethodNotAllowed, "method_not_allowed", "GET the quarantine list.")
+		}
+		return writeJSON(w, http.StatusOK, map[string]any{"quarantine": e.quarantine.List()})
+	}
+	if r.Method != http.MethodPost {
+		return httperr.New(http.StatusMethodNotAllowed, "method_not_allowed", "POST an admin action.")
+	}
+	kind, rest := posture.QuarantineDevice, strings.TrimPrefix(r.URL.Path, pathDevicesAPI)
+	if strings.HasPrefix(r.URL.Path, pathUsersAPI) {
+		kind, rest = posture.QuarantineUser, strings.TrimPrefix(r.URL.Path, pathUsersAPI)
+	}
+	id, action, ok := strings.Cut(rest, "/")
+	if !ok || id == "" || len(id) > 256 || strings.Contains(action, "/") {
+		return httperr.New(http.StatusNotFound, "not_found", "No such API.")
+	}
+	var req struct {
+		Reason string `json:"reason"`
+		Fix    string `json:"fix"`
+	}
+	if r.ContentLength != 0 {
+		if err := decodeJSON(w, r, &req); err != nil {
+			return err
+		}
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	switch {
+	case action == "release":
+		q, found, err := e.quarantine.Release(ctx, kind, id, "admin API")
+		if err != nil {
+			return err
+		}
+		if !found {
+			return httperr.New(http.StatusNotFound, "not_quarantined", "That "+kind+" is not quarantined.")
+		}
+		e.metrics.releases.WithLabelValues("admin").Inc()
+		e.opts.Audit.Record(audit.Event{Time: time.Now(), Kind: "admin", Decision: "release", Device: deviceOf(q), User: userOf(q), Reason: req.Reason})
+		return writeJSON(w, http.StatusOK, map[string]any{"released": q})
+	case kind == posture.QuarantineDevice && (action == "quarantine" || action == "revoke"):
+		if e.devices == nil {
+			return httperr.New(http.StatusNotFound, "not_found", "Device trust is not enabled on this edge.")
+		}
+		if _, err := e.devices.Get(ctx, id); err != nil {
+			if errors.Is(err, posture.ErrNoDevice) {
+				return httperr.New(http.StatusNotFound, "unknown_device", "No such device.")
+			}
+			return err
+		}
+		reason := strings.TrimSpace(req.Reason)
+		if reason == "" {
+			return httperr.BadRequest("Give a reason: it is shown to the user and kept in the audit log.", errors.New("no reason"))
+		}
+		if action == "revoke" {
+			if err := e.devices.Revoke(ctx, id, reason); err != nil {
+				return err
+			}
+		} else {
+			q := posture.QuarantineEntry{Kind: kind, ID: id, Reason: reason, Fix: req.Fix, Source: "admin", Severity: posture.SeverityCritical, At: time.Now()}
+			if _, err := e.quarantine.Isolate(ctx, q); err != nil {
+				if errors.Is(err, posture.ErrInvalidQuarantine) {
+					return httperr.BadRequest("The quarantine was not accepted: "+strings.TrimPrefix(err.Error(), posture.ErrInvalidQuarantine.Error()+": "), err)
+				}
+				return err
+			}
+		}
+		e.opts.Audit.Record(audit.Event{Time: time.Now(), Kind: "admin", Decision: action, Device: id, Reason: reason})
+		return writeJSON(w, http.StatusOK, map[string]any{action: id})
+	}
+	return httperr.New(http.StatusNotFound, "not_found", "No such API.")
+}
+
+func deviceOf(q posture.QuarantineEntry) string {
+	if q.Kind == posture.QuarantineDevice {
+		return q.ID
+	}
+	return ""
+}
+
+func userOf(q posture.QuarantineEntry) string {
+	if q.Kind == posture.QuarantineUser {
+		return q.ID
+	}
+	return ""
+}
