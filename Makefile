@@ -54,7 +54,8 @@ fuzz:
 test: vet unit fuzz
 
 bench: deps
-	$(GO) test -run='^$$' -bench=. -benchmem ./groups ./proxy/identity
+	$(GO) test -run='^$$' -bench=. -benchmem ./groups ./proxy/identity ./posture
+	$(GO) test -run='^$$' -bench=PostureStep -benchmem ./proxy
 	$(GO) run ./integration/bench
 
 lint: vet
