@@ -26,7 +26,9 @@ FUZZ_TARGETS := \
 	./groups:FuzzDecide:50000 \
 	./posture:FuzzParseReport:80000 \
 	./posture:FuzzDeviceFromCert:30000 \
-	./posture:FuzzEnrollUserCode:80000
+	./posture:FuzzEnrollUserCode:80000 \
+	./posture:FuzzParseFalco:50000 \
+	./posture:FuzzParseSignal:50000
 
 .PHONY: all build test deps vet unit fuzz bench lint
 
