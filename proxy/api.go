@@ -145,6 +145,9 @@ func (e *Edge) serveSignal(w http.ResponseWriter, r *http.Request, st *State) er
 			return err
 		}
 	}
+	// Isolate closed the live connections before returning: this is the
+	// time from the signal's arrival to the device being cut off.
+	e.metrics.isolation.Observe(time.Since(received).Seconds())
 	e.logger.Warn("quarantined by signal", "source", source, "rule", sig.Rule, "severity", sig.Severity.String(),
 		"devices", deviceIDs(devs), "users", len(users), "isolated_in", time.Since(received))
 	return outcome("quarantined", nil)

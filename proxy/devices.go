@@ -167,9 +167,13 @@ func (e *Edge) deviceNonce(w http.ResponseWriter, r *http.Request, st *State) er
 	}
 	return writeJSON(w, http.StatusOK, map[string]any{
 		"nonce":    e.reports.IssueNonce(d.ID),
-		"interval": int(st.Config.reportInterval() / time.Second),
+		"interval": reportIntervalSeconds(st),
 	})
 }
+
+// reportIntervalSeconds is the report interval agents are told, in whole
+// seconds (at least 1).
+func reportIntervalSeconds(st *State) int { return max(1, int(st.Config.reportInterval()/time.Second)) }
 
 // profileVerdict is one profile's verdict in a report answer.
 type profileVerdict struct {
@@ -224,7 +228,7 @@ func (e *Edge) deviceReport(w http.ResponseWriter, r *http.Request, st *State) e
 	resp := map[string]any{
 		"accepted":   true,
 		"next_nonce": e.reports.IssueNonce(d.ID),
-		"interval":   int(st.Config.reportInterval() / time.Second),
+		"interval":   reportIntervalSeconds(st),
 		"profiles":   profiles,
 	}
 	q, isolated := e.quarantine.Device(d.ID)

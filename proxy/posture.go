@@ -111,7 +111,9 @@ func (e *Edge) postureWatcher(ctx context.Context) {
 }
 
 // onQuarantine reacts to a quarantine or release: cut the subject's live
-// exchanges, record the time from signal to isolation, notify.
+// exchanges (this runs before Isolate returns, so a signal's answer means
+// the device is isolated), count and notify new quarantines. A repeated
+// detection of a subject already isolated only cuts again.
 func (e *Edge) onQuarantine(q posture.QuarantineEntry, released bool) {
 	e.metrics.quarantined.Set(float64(len(e.quarantine.List())))
 	if released {
@@ -125,8 +127,8 @@ func (e *Edge) onQuarantine(q posture.QuarantineEntry, released bool) {
 		match = func(le *liveEntry) bool { return le.req.Subject.User == q.ID }
 	}
 	e.live.closeWhere(match, "quarantined: "+q.Reason)
-	if !q.SignalAt.IsZero() {
-		e.metrics.isolation.Observe(time.Since(q.SignalAt).Seconds())
+	if !q.At.Equal(q.LastAt) {
+		return // already isolated since At
 	}
 	e.metrics.quarantines.WithLabelValues(q.Source).Inc()
 	if e.notifier != nil {
