@@ -181,6 +181,7 @@ func currentConfig(env *devenv.Env) *proxy.Config {
 	c.OIDC.Scopes = slices.Clone(c.OIDC.Scopes)
 	c.OIDC.SigningAlgs = slices.Clone(c.OIDC.SigningAlgs)
 	c.OIDC.Claims.Attributes = maps.Clone(c.OIDC.Claims.Attributes)
+	c.Posture.Profiles = slices.Clone(c.Posture.Profiles)
 	c.Apps = slices.Clone(c.Apps)
 	for i := range c.Apps {
 		rules := slices.Clone(c.Apps[i].Rules)

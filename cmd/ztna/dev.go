@@ -40,7 +40,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	logger := newLogger(stderr, "text", *logLevel)
 	env, err := devenv.Start(ctx, devenv.Options{
 		DataDir: *dataDir, Listen: *listen, AdminListen: *admin, IdPListen: *idp,
-		Logger: logger, Audit: stderr,
+		Logger: logger, Audit: stderr, LocalDevice: true,
 	})
 	if err != nil {
 		return err
@@ -63,6 +63,8 @@ func printBanner(w io.Writer, env *devenv.Env, admin, cfgFile string) {
 	fmt.Fprintf(&b, "  Open in a browser:\n")
 	fmt.Fprintf(&b, "    %-40s demo app: shows the identity it receives\n", env.AppURL("whoami")+"/")
 	fmt.Fprintf(&b, "    %-40s only the security group may enter\n", env.AppURL("secure")+"/")
+	fmt.Fprintf(&b, "    %-40s only from an enrolled device passing the strict posture profile:\n", env.AppURL("strict")+"/")
+	fmt.Fprintf(&b, "    %-40s shows what this machine fails and how to fix it\n", "")
 	fmt.Fprintf(&b, "    %-40s TCP echo app; greets you with the identity the edge signed\n", "echo ("+env.EchoAddr+")")
 	fmt.Fprintf(&b, "    %-40s (only the edge can connect; users will reach it through `ztna tunnel`, next)\n", "")
 	fmt.Fprintf(&b, "\n  Every app sits behind PROXY protocol v2: the page shows the identity verified\n")
@@ -76,13 +78,23 @@ func printBanner(w io.Writer, env *devenv.Env, admin, cfgFile string) {
 	fmt.Fprintf(&b, "                    (trust it in your browser, or accept the certificate warning)\n")
 	fmt.Fprintf(&b, "  Edge config       %s\n", cfgFile)
 	fmt.Fprintf(&b, "                    (the same setup as a `ztna serve` file: a starting point)\n")
+	if env.LocalDeviceID != "" {
+		fmt.Fprintf(&b, "\n  This machine is enrolled as device %s (user alice), and the agent runs\n", env.LocalDeviceID)
+		fmt.Fprintf(&b, "  in-process, reporting its real posture every 30s. To let a browser present the\n")
+		fmt.Fprintf(&b, "  device certificate, see:  ztna agent status --state-dir %s\n", env.AgentDir)
+	}
+	fmt.Fprintf(&b, "\n  Signal API (quarantine a device, as Falcosidekick would):\n")
+	fmt.Fprintf(&b, "    curl --cacert %s -H \"Authorization: Bearer $(cat %s)\" \\\n", env.CAFile, filepath.Join(filepath.Dir(env.CAFile), "signals-token"))
+	fmt.Fprintf(&b, "      --connect-to %s:%s -d @falco.json %s/api/signals/falco\n", strings.TrimPrefix(env.AuthOrigin, "https://"), env.EdgeAddr, env.AuthOrigin)
+	fmt.Fprintf(&b, "    (admin API token: %s; release: POST /api/devices/ID/release)\n", filepath.Join(filepath.Dir(env.CAFile), "admin-token"))
 	fmt.Fprintf(&b, "\n  Users (username / password):\n")
 	for _, u := range env.Users {
 		fmt.Fprintf(&b, "    %-7s / %-16s %s, %s; groups %s\n", u.Username, u.Password,
 			u.Attributes["department"], u.Attributes["title"], strings.Join(u.Groups, ", "))
 	}
 	fmt.Fprintf(&b, "\n  Rules: whoami lets engineering and finance in (finance read-only);\n")
-	fmt.Fprintf(&b, "         secure lets only the security group in; echo, engineering; everyone else is denied.\n")
+	fmt.Fprintf(&b, "         secure lets only the security group in; strict, employees from a compliant device;\n")
+	fmt.Fprintf(&b, "         echo, engineering; everyone else is denied.\n")
 	fmt.Fprintf(&b, "\nPress Ctrl-C to stop.\n")
 	fmt.Fprint(w, b.String())
 }

@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -37,6 +38,7 @@ import (
 	"github.com/ztna-dev/ztna/internal/store"
 	"github.com/ztna-dev/ztna/internal/store/bolt"
 	"github.com/ztna-dev/ztna/posture"
+	"github.com/ztna-dev/ztna/posture/agent"
 	"github.com/ztna-dev/ztna/proxy"
 	"github.com/ztna-dev/ztna/proxy/edge"
 	"github.com/ztna-dev/ztna/proxy/identity"
@@ -73,6 +75,10 @@ type Options struct {
 	GraceTimeout time.Duration
 	// Registry for metrics; nil → a fresh registry.
 	Registry *prometheus.Registry
+	// LocalDevice enrolls this machine for the first demo user (alice) and
+	// runs the agent in-process, reporting this machine's real posture
+	// (`ztna dev` sets it). Its state is kept in DataDir/agent.
+	LocalDevice bool
 }
 
 // Env is a running dev system.
@@ -89,6 +95,9 @@ type Env struct {
 	// SignalsToken and AdminToken are the bearer tokens of the signal and
 	// admin APIs (kept in the data dir).
 	SignalsToken, AdminToken string
+	// AgentDir is the local device's agent state (Options.LocalDevice), and
+	// LocalDeviceID its device ID; "" without one.
+	AgentDir, LocalDeviceID string
 	// ConfigYAML is the edge's config as a `ztna serve` file, for people to
 	// read and adapt (the client secret travels in ZTNA_OIDC_CLIENT_SECRET).
 	ConfigYAML string
@@ -279,7 +288,76 @@ func Start(ctx context.Context, o Options) (env *Env, err error) {
 	}
 	env.closers = append(env.closers, func(context.Context) error { px.Close(); return nil })
 	late.e.Store(px)
+	if o.LocalDevice {
+		if err := env.startLocalAgent(ctx, o.Logger); err != nil {
+			return nil, fmt.Errorf("local device: %w", err)
+		}
+	}
 	return env, nil
+}
+
+// startLocalAgent enrolls this machine to the first demo user, straight
+// through the registry (there is nobody to approve a code), unless it is
+// enrolled already, and runs the agent in-process until Close.
+func (e *Env) startLocalAgent(ctx context.Context, logger *slog.Logger) error {
+	dir := filepath.Join(e.cfg.DataDir, "agent")
+	if st, err := agent.ReadStatus(dir); err == nil && st.DeviceID != "" {
+		if _, err := e.Edge.Devices().Get(ctx, st.DeviceID); err == nil {
+			e.AgentDir, e.LocalDeviceID = dir, st.DeviceID
+		}
+	}
+	if e.LocalDeviceID == "" {
+		key, err := agent.LoadOrCreateKey(dir)
+		if err != nil {
+			return err
+		}
+		proof, err := posture.SignEnrollProof(key)
+		if err != nil {
+			return err
+		}
+		host, _ := os.Hostname()
+		devs := e.Edge.Devices()
+		p, err := devs.StartEnrollment(ctx, &key.PublicKey, cmpOr(host, "this machine"), runtime.GOOS, proof)
+		if err != nil {
+			return err
+		}
+		if err := devs.Approve(ctx, p.UserCode, e.Users[0].Subject); err != nil {
+			return err
+		}
+		dev, der, err := devs.Poll(ctx, p.EnrollmentID, time.Now())
+		if err != nil {
+			return err
+		}
+		if err := agent.SaveEnrollment(dir, e.AuthOrigin, dev.ID, der, e.DeviceCA.CertPEM(), time.Now()); err != nil {
+			return err
+		}
+		e.AgentDir, e.LocalDeviceID = dir, dev.ID
+	}
+	client, err := e.Client()
+	if err != nil {
+		return err
+	}
+	runner := &agent.Runner{
+		StateDir:  dir,
+		Collector: agent.New(agent.Config{EDR: []agent.EDRConfig{{Name: DemoEDR, ProcessNames: []string{DemoEDR}}}, Logger: logger}),
+		Transport: client.Transport.(*http.Transport),
+		Logger:    logger,
+	}
+	rctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = runner.Run(rctx)
+	}()
+	e.closers = append(e.closers, func(context.Context) error { cancel(); <-done; return nil })
+	return nil
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
 }
 
 // Close stops everything, the edge first (it drains), then the apps, the
