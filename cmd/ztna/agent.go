@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -23,13 +24,14 @@ import (
 const agentUsage = `Usage: ztna agent COMMAND [flags]
 
 The endpoint agent: it enrolls this device with the edge, which then knows it
-by a client certificate issued to a key that never leaves the device.
+by a client certificate issued to a key that never leaves the device, and
+reports the device's posture (OS, disk encryption, firewall, screen lock, EDR),
+signed with that key, on a schedule.
 
 Commands:
   enroll --server https://AUTH_HOST   enroll this device (you confirm a code in the browser)
-  status                              show this device's enrollment and how browsers use it
-
-Coming next: run (signed posture reports on a schedule).
+  run                                 report this device's posture on a schedule and keep its certificate renewed
+  status                              show this device's enrollment, its latest report and the edge's verdicts
 
 Run 'ztna agent COMMAND -h' for the flags of a command.
 `
@@ -45,6 +47,8 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	switch args[0] {
 	case "enroll":
 		return runAgentEnroll(ctx, args[1:], stdout, stderr)
+	case "run":
+		return runAgentRun(ctx, args[1:], stdout, stderr)
 	case "status":
 		return runAgentStatus(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
@@ -117,6 +121,193 @@ func runAgentEnroll(ctx context.Context, args []string, stdout, stderr io.Writer
 	return nil
 }
 
+// edrFlag collects the repeatable --edr NAME=PROC[,PROC…][@HOST:PORT]; the
+// values are checked after parsing, so a mistake is one line, not the usage.
+type edrFlag []string
+
+func (f *edrFlag) String() string     { return strings.Join(*f, " ") }
+func (f *edrFlag) Set(v string) error { *f = append(*f, v); return nil }
+
+// parseEDR reads one --edr value: the product's name as profiles refer to
+// it, the process names it runs under, and optionally its management
+// server, whose TLS the agent probes.
+func parseEDR(v string) (agent.EDRConfig, error) {
+	const want = "want NAME=PROC[,PROC…][@HOST:PORT], e.g. falcon=falcon-sensor@ts01-b.cloudsink.net:443"
+	name, rest, ok := strings.Cut(v, "=")
+	name = strings.TrimSpace(name)
+	if !ok || name == "" || rest == "" {
+		return agent.EDRConfig{}, fmt.Errorf("--edr %q: %s", v, want)
+	}
+	procs, addr, hasAddr := strings.Cut(rest, "@")
+	e := agent.EDRConfig{Name: name}
+	for _, p := range strings.Split(procs, ",") {
+		if p = strings.TrimSpace(p); p == "" {
+			return agent.EDRConfig{}, fmt.Errorf("--edr %q: empty process name; %s", v, want)
+		}
+		e.ProcessNames = append(e.ProcessNames, p)
+	}
+	if hasAddr {
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil || host == "" || port == "" {
+			return agent.EDRConfig{}, fmt.Errorf("--edr %q: management server %q is not HOST:PORT", v, addr)
+		}
+		e.ManagerAddr = addr
+	}
+	return e, nil
+}
+
+func runAgentRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("agent run", flag.ContinueOnError)
+	stateDir := fs.String("state-dir", defaultStateDir(), "the agent's state directory (made by 'ztna agent enroll')")
+	caFile := fs.String("ca-file", "", "PEM file with an extra root CA for the edge's TLS certificate (e.g. the ztna dev CA)")
+	interval := fs.Duration("interval", 0, "time between reports; 0 means the edge's suggestion, else "+agent.DefaultInterval.String())
+	once := fs.Bool("once", false, "send one report, print the edge's verdicts and exit: 0 if the edge accepted it, 1 if not")
+	var edrs edrFlag
+	fs.Var(&edrs, "edr", "an EDR/AV product to report, NAME=PROC[,PROC…][@HOST:PORT]: its name as the edge's profiles\nname it, the process names it runs under, and its management server, probed over TLS (repeatable)")
+	edrCAFile := fs.String("edr-ca-file", "", "PEM file with extra root CAs for the EDR management servers' TLS certificates")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage: ztna agent run [flags]
+
+Reports this device's posture to the edge it is enrolled with: on a schedule it
+collects the OS and kernel version, disk encryption, firewall and screen lock
+state and each --edr product (running process, executable hash, last contact
+with its management server), signs them with the device key and sends them
+over TLS with the device certificate. It renews the certificate, with the
+device key, when a third of its lifetime is left. It runs until interrupted
+(SIGINT, SIGTERM); with --once it sends one report and prints the verdicts.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	usageErr := func(format string, a ...any) error {
+		fmt.Fprintf(stderr, "ztna agent run: "+format+"\n", a...)
+		return errUsage
+	}
+	if *stateDir == "" {
+		return usageErr("--state-dir must not be empty")
+	}
+	if *interval < 0 || (*interval > 0 && *interval < time.Second) {
+		return usageErr("--interval must be at least 1s (or 0 for the edge's suggestion)")
+	}
+	cfg := agent.Config{}
+	for _, v := range edrs {
+		e, err := parseEDR(v)
+		if err != nil {
+			return usageErr("%v", err)
+		}
+		cfg.EDR = append(cfg.EDR, e)
+	}
+	if err := cfg.Validate(); err != nil {
+		return usageErr("--edr: %v", err)
+	}
+	if *edrCAFile != "" {
+		pool, err := rootsWith("--edr-ca-file", *edrCAFile)
+		if err != nil {
+			return err
+		}
+		for i := range cfg.EDR {
+			cfg.EDR[i].ManagerRootCAs = pool
+		}
+	}
+	hc, err := edgeHTTPClient(*caFile)
+	if err != nil {
+		return err
+	}
+	defer hc.CloseIdleConnections()
+
+	// --once prints its result; the running agent logs to stderr.
+	level := slog.LevelInfo
+	if *once {
+		level = slog.LevelError
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	cfg.Logger = logger
+	r := &agent.Runner{
+		StateDir:  *stateDir,
+		Collector: agent.New(cfg),
+		Transport: hc.Transport.(*http.Transport),
+		Interval:  *interval,
+		Logger:    logger,
+	}
+	if !*once {
+		if err := r.Run(ctx); err != nil {
+			return fmt.Errorf("run: %w", err)
+		}
+		return nil
+	}
+	res, err := r.ReportOnce(ctx)
+	if errors.Is(err, context.Canceled) {
+		return errors.New("run: interrupted")
+	}
+	printResult(stdout, res)
+	if err != nil {
+		return fmt.Errorf("run: %w", err)
+	}
+	return nil
+}
+
+// printResult prints what one report attempt got from the edge.
+func printResult(w io.Writer, res agent.Result) {
+	var b strings.Builder
+	if res.Renewed {
+		fmt.Fprintf(&b, "The device certificate was renewed.\n")
+	}
+	if res.RenewErr != nil && res.Err != res.RenewErr {
+		fmt.Fprintf(&b, "Renewing the device certificate failed (the report used the current one): %v\n", res.RenewErr)
+	}
+	if res.Accepted {
+		fmt.Fprintf(&b, "The edge accepted this device's posture report at %s.\n", res.At.Local().Format(time.RFC3339))
+		printVerdicts(&b, res.Profiles, res.Quarantined, res.Quarantine)
+	}
+	fmt.Fprint(w, b.String())
+}
+
+// printVerdicts prints the edge's verdicts in the status layout.
+func printVerdicts(b *strings.Builder, profiles []agent.ProfileVerdict, quarantined bool, q *agent.QuarantineInfo) {
+	line := func(label, format string, a ...any) {
+		fmt.Fprintf(b, "%-14s"+format+"\n", append([]any{label}, a...)...)
+	}
+	if len(profiles) == 0 {
+		line("Profiles", "none reported by the edge")
+	}
+	for i, p := range profiles {
+		label := ""
+		if i == 0 {
+			label = "Profiles"
+		}
+		if p.OK {
+			line(label, "%s: OK", p.Name)
+			continue
+		}
+		line(label, "%s: failing", p.Name)
+		for _, f := range p.Failures {
+			line("", "  %s: %s", f.Check, f.Reason)
+			if f.Fix != "" {
+				line("", "    fix: %s", f.Fix)
+			}
+		}
+	}
+	switch {
+	case quarantined && q != nil:
+		src := ""
+		if q.Source != "" {
+			src = " (source: " + q.Source + ")"
+		}
+		line("Quarantine", "QUARANTINED: %s%s", q.Reason, src)
+		if q.Fix != "" {
+			line("", "  fix: %s", q.Fix)
+		}
+	case quarantined:
+		line("Quarantine", "QUARANTINED")
+	default:
+		line("Quarantine", "no")
+	}
+}
+
 // edgeHTTPClient trusts the system's roots plus, if given, the CA in caFile.
 func edgeHTTPClient(caFile string) (*http.Client, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
@@ -126,28 +317,38 @@ func edgeHTTPClient(caFile string) (*http.Client, error) {
 		return dialer.DialContext(ctx, network, loopbackForLocalhost(addr))
 	}
 	if caFile != "" {
-		pool, err := x509.SystemCertPool()
+		pool, err := rootsWith("--ca-file", caFile)
 		if err != nil {
-			pool = x509.NewCertPool()
-		}
-		f, err := os.Open(caFile)
-		if err != nil {
-			return nil, fmt.Errorf("--ca-file: %w", err)
-		}
-		defer f.Close()
-		data, err := io.ReadAll(io.LimitReader(f, maxCAFileBytes+1))
-		if err != nil {
-			return nil, fmt.Errorf("--ca-file %s: %w", caFile, err)
-		}
-		if len(data) > maxCAFileBytes {
-			return nil, fmt.Errorf("--ca-file %s: larger than %d bytes", caFile, maxCAFileBytes)
-		}
-		if !pool.AppendCertsFromPEM(data) {
-			return nil, fmt.Errorf("--ca-file %s: no PEM certificate in it", caFile)
+			return nil, err
 		}
 		tr.TLSClientConfig.RootCAs = pool
 	}
 	return &http.Client{Transport: tr}, nil
+}
+
+// rootsWith returns the system's roots plus the PEM certificates in file,
+// which flag names in errors.
+func rootsWith(flag, file string) (*x509.CertPool, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", flag, err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxCAFileBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", flag, file, err)
+	}
+	if len(data) > maxCAFileBytes {
+		return nil, fmt.Errorf("%s %s: larger than %d bytes", flag, file, maxCAFileBytes)
+	}
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("%s %s: no PEM certificate in it", flag, file)
+	}
+	return pool, nil
 }
 
 // loopbackForLocalhost sends localhost and names under .localhost to the
@@ -169,7 +370,7 @@ func runAgentStatus(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("agent status", flag.ContinueOnError)
 	stateDir := fs.String("state-dir", defaultStateDir(), "the agent's state directory")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "Usage: ztna agent status [flags]\n\nShows this device's enrollment: device ID, edge, certificate expiry, and how\nto make browsers present the device certificate.\n\nFlags:\n")
+		fmt.Fprint(fs.Output(), "Usage: ztna agent status [flags]\n\nShows this device's enrollment (device ID, edge, certificate expiry and\nrenewal), the agent's latest report with the edge's verdicts (each posture\nprofile OK or failing, with reasons and fixes; quarantine), and how to make\nbrowsers present the device certificate.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := parseFlags(fs, args, stderr); err != nil {
@@ -197,14 +398,47 @@ func printStatus(w io.Writer, st agent.Status, now time.Time) {
 		fmt.Fprintf(&b, "Enrolled      %s\n", st.EnrolledAt.Local().Format(time.RFC3339))
 	}
 	fmt.Fprintf(&b, "Certificate   %s\n", st.Subject)
-	if st.Expired {
-		fmt.Fprintf(&b, "Expires       %s: expired; the edge no longer accepts it (enroll again)\n", st.NotAfter.Local().Format(time.RFC3339))
-	} else {
+	switch {
+	case st.Expired:
+		fmt.Fprintf(&b, "Expires       %s: expired; the edge no longer accepts it ('ztna agent run' renews it with the device key unless the device was revoked)\n", st.NotAfter.Local().Format(time.RFC3339))
+	case st.RenewalDue:
+		fmt.Fprintf(&b, "Expires       %s: valid for %s; renewal due ('ztna agent run' renews it before its next report)\n", st.NotAfter.Local().Format(time.RFC3339), st.NotAfter.Sub(now).Round(time.Minute))
+	default:
 		fmt.Fprintf(&b, "Expires       %s: valid for %s\n", st.NotAfter.Local().Format(time.RFC3339), st.NotAfter.Sub(now).Round(time.Minute))
 	}
+	printLastReport(&b, st)
 	fmt.Fprintf(&b, "Files         %s\n              %s\n              %s\n", st.CertFile, st.KeyFile, st.CAFile)
 	fmt.Fprint(&b, browserHelp(st))
 	fmt.Fprint(w, b.String())
+}
+
+// printLastReport prints the agent's latest report attempt and the edge's
+// verdicts on the latest accepted one.
+func printLastReport(b *strings.Builder, st agent.Status) {
+	lr := st.LastReport
+	switch {
+	case st.LastReportErr != nil:
+		fmt.Fprintf(b, "Last report   unreadable: %v\n", st.LastReportErr)
+		return
+	case lr == nil:
+		fmt.Fprintf(b, "Last report   none yet: run 'ztna agent run' to report this device's posture\n")
+		return
+	case lr.Accepted:
+		fmt.Fprintf(b, "Last report   %s: accepted\n", lr.At.Local().Format(time.RFC3339))
+	default:
+		fmt.Fprintf(b, "Last report   %s: failed: %s\n", lr.At.Local().Format(time.RFC3339), lr.Error)
+	}
+	if lr.RenewError != "" {
+		fmt.Fprintf(b, "Renewal       failed: %s\n", lr.RenewError)
+	}
+	if lr.AcceptedAt.IsZero() {
+		fmt.Fprintf(b, "Verdicts      none yet: the edge has not accepted a report from this device\n")
+		return
+	}
+	if !lr.Accepted {
+		fmt.Fprintf(b, "Last accepted %s; the verdicts below are from then\n", lr.AcceptedAt.Local().Format(time.RFC3339))
+	}
+	printVerdicts(b, lr.Profiles, lr.Quarantined, lr.Quarantine)
 }
 
 // browserHelp says how to make browsers present the device certificate. It

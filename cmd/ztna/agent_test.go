@@ -4,14 +4,21 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -50,8 +57,8 @@ func TestAgentUsageAndBadFlags(t *testing.T) {
 		inStderr string
 		inStdout string
 	}{
-		{[]string{"help"}, 0, "", "ztna agent enroll|status"},
-		{[]string{"agent", "-h"}, 0, "", "Coming next: run"},
+		{[]string{"help"}, 0, "", "ztna agent enroll|run|status"},
+		{[]string{"agent", "-h"}, 0, "", "run                                 report this device's posture on a schedule"},
 		{[]string{"agent", "help"}, 0, "", "status  "},
 		{[]string{"agent"}, 2, "Usage: ztna agent COMMAND", ""},
 		{[]string{"agent", "frob"}, 2, `ztna agent: unknown command "frob"`, ""},
@@ -69,6 +76,13 @@ func TestAgentUsageAndBadFlags(t *testing.T) {
 		{[]string{"agent", "status", "--bogus"}, 2, "flag provided but not defined: -bogus", ""},
 		{[]string{"agent", "status", "extra"}, 2, `ztna agent status: unexpected argument "extra"`, ""},
 		{[]string{"agent", "status", "-h"}, 0, "Usage: ztna agent status", ""},
+		{[]string{"agent", "run", "-h"}, 0, "Usage: ztna agent run [flags]", ""},
+		{[]string{"agent", "run", "--once", "--state-dir", empty}, 1, "ztna agent: run: this device is not enrolled (no " + filepath.Join(empty, "device.json") + "): run 'ztna agent enroll --server https://AUTH_HOST' first", ""},
+		{[]string{"agent", "run", "--state-dir", empty}, 1, "ztna agent: run: this device is not enrolled (no " + filepath.Join(empty, "device.json") + "): run 'ztna agent enroll --server https://AUTH_HOST' first", ""},
+		{[]string{"agent", "run", "--state-dir", empty, "--edr-ca-file", missingCA}, 1, "ztna agent: --edr-ca-file: open " + missingCA, ""},
+		{[]string{"agent", "run", "--state-dir", empty, "--ca-file", missingCA}, 1, "ztna agent: --ca-file: open " + missingCA, ""},
+		{[]string{"agent", "run", "extra"}, 2, `ztna agent run: unexpected argument "extra"`, ""},
+		{[]string{"agent", "run", "--bogus"}, 2, "flag provided but not defined: -bogus", ""},
 	}
 	for _, c := range cases {
 		t.Run(strings.Join(c.args, "_"), func(t *testing.T) {
@@ -85,13 +99,195 @@ func TestAgentUsageAndBadFlags(t *testing.T) {
 			if code == 1 && strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
 				t.Errorf("want one line on stderr, got:\n%s", stderr)
 			}
+			// Only enroll makes a key; run never does.
+			if _, err := os.Stat(filepath.Join(empty, agent.KeyFile)); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("%v: %s exists (%v)", c.args, agent.KeyFile, err)
+			}
+		})
+	}
+}
+
+// TestAgentRunFlagErrors: a bad flag value is one line naming the flag and
+// the expected form, with exit code 2.
+func TestAgentRunFlagErrors(t *testing.T) {
+	dir := t.TempDir()
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--edr", "falcon"}, `ztna agent run: --edr "falcon": want NAME=PROC[,PROC…][@HOST:PORT]`},
+		{[]string{"--edr", "=falcon-sensor"}, `ztna agent run: --edr "=falcon-sensor": want NAME=PROC`},
+		{[]string{"--edr", "falcon="}, `ztna agent run: --edr "falcon=": want NAME=PROC`},
+		{[]string{"--edr", "falcon=a,,b"}, `ztna agent run: --edr "falcon=a,,b": empty process name`},
+		{[]string{"--edr", "falcon=falcon-sensor@manager"}, `ztna agent run: --edr "falcon=falcon-sensor@manager": management server "manager" is not HOST:PORT`},
+		{[]string{"--edr", "falcon=falcon-sensor@:443"}, `management server ":443" is not HOST:PORT`},
+		{[]string{"--edr", "falcon=a", "--edr", "falcon=b"}, `ztna agent run: --edr: edr[1]: duplicate name "falcon"`},
+		{[]string{"--interval", "10ms"}, "ztna agent run: --interval must be at least 1s"},
+		{[]string{"--interval", "-1s"}, "ztna agent run: --interval must be at least 1s"},
+		{[]string{"--state-dir", ""}, "ztna agent run: --state-dir must not be empty"},
+	}
+	for _, c := range cases {
+		t.Run(strings.Join(c.args, "_"), func(t *testing.T) {
+			code, stdout, stderr := runZtna(t, append([]string{"agent", "run", "--once", "--state-dir", dir}, c.args...)...)
+			if code != 2 || !strings.Contains(stderr, c.want) || strings.Count(strings.TrimSpace(stderr), "\n") != 0 || stdout != "" {
+				t.Errorf("exit %d, stdout %q, stderr %q; want 2 and one line containing %q", code, stdout, stderr, c.want)
+			}
+		})
+	}
+}
+
+func TestParseEDR(t *testing.T) {
+	for in, want := range map[string]agent.EDRConfig{
+		"falcon=falcon-sensor":                              {Name: "falcon", ProcessNames: []string{"falcon-sensor"}},
+		"falcon=falcon-sensor,falcond@ts01.example.com:443": {Name: "falcon", ProcessNames: []string{"falcon-sensor", "falcond"}, ManagerAddr: "ts01.example.com:443"},
+		"s1=sentinelone@[2001:db8::1]:443":                  {Name: "s1", ProcessNames: []string{"sentinelone"}, ManagerAddr: "[2001:db8::1]:443"},
+	} {
+		got, err := parseEDR(in)
+		if err != nil || got.Name != want.Name || strings.Join(got.ProcessNames, ",") != strings.Join(want.ProcessNames, ",") || got.ManagerAddr != want.ManagerAddr {
+			t.Errorf("parseEDR(%q) = %+v, %v; want %+v", in, got, err, want)
+		}
+	}
+}
+
+// cannedEdge answers the reporting protocol with fixed answers over TLS,
+// parsing each report with the real parser; it stands in for the edge to
+// test what `agent run --once` prints and exits with.
+func cannedEdge(t *testing.T, refuse bool) (url, caFile string, reports *atomic.Int32) {
+	t.Helper()
+	reports = new(atomic.Int32)
+	mux := http.NewServeMux()
+	answer := func(w http.ResponseWriter, status int, v any) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		_ = json.NewEncoder(w).Encode(v)
+	}
+	mux.HandleFunc("POST /.ztna/device/nonce", func(w http.ResponseWriter, r *http.Request) {
+		if refuse {
+			answer(w, 403, map[string]string{"error": "device_refused", "message": "this device was revoked"})
+			return
+		}
+		if len(r.TLS.PeerCertificates) != 1 {
+			answer(w, 401, map[string]string{"error": "device_certificate_required"})
+			return
+		}
+		answer(w, 200, map[string]any{"nonce": "NONCE1", "interval": 30})
+	})
+	mux.HandleFunc("POST /.ztna/device/report", func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(io.LimitReader(r.Body, posture.MaxReportBytes+1))
+		sr, err := posture.ParseReport(body)
+		if err != nil || sr.Report.Nonce != "NONCE1" || sr.Report.DeviceID != "dev-0123456789abcdef" {
+			answer(w, 400, map[string]string{"error": "malformed_report", "message": fmt.Sprint(err)})
+			return
+		}
+		reports.Add(1)
+		answer(w, 200, map[string]any{
+			"accepted": true, "next_nonce": "NONCE2", "interval": 30, "quarantined": true,
+			"quarantine": map[string]string{"reason": "Falco: shell in container", "fix": "contact security", "source": "falco"},
+			"profiles": []any{
+				map[string]any{"name": "baseline", "ok": true},
+				map[string]any{"name": "strict", "ok": false, "failures": []any{
+					map[string]string{"check": "disk_encryption", "reason": "disk encryption is off", "fix": "turn on LUKS"},
+				}},
+			},
+		})
+	})
+	srv := httptest.NewUnstartedServer(mux)
+	srv.TLS = &tls.Config{ClientAuth: tls.RequestClientCert}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	caFile = filepath.Join(t.TempDir(), "edge-ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return srv.URL, caFile, reports
+}
+
+func TestAgentRunOnce(t *testing.T) {
+	t.Run("accepted", func(t *testing.T) {
+		url, caFile, reports := cannedEdge(t, false)
+		dir := writeAgentState(t, url, time.Now(), 24*time.Hour)
+		code, stdout, stderr := runZtna(t, "agent", "run", "--once", "--state-dir", dir, "--ca-file", caFile, "--edr", "falcon=falcon-sensor-not-here")
+		if code != 0 || reports.Load() != 1 {
+			t.Fatalf("exit %d after %d reports; stderr: %s", code, reports.Load(), stderr)
+		}
+		for _, want := range []string{
+			"The edge accepted this device's posture report at ",
+			"Profiles      baseline: OK\n",
+			"              strict: failing\n",
+			"                disk_encryption: disk encryption is off\n",
+			"                  fix: turn on LUKS\n",
+			"Quarantine    QUARANTINED: Falco: shell in container (source: falco)\n",
+			"                fix: contact security\n",
+		} {
+			if !strings.Contains(stdout, want) {
+				t.Errorf("stdout lacks %q:\n%s", want, stdout)
+			}
+		}
+		code, stdout, _ = runZtna(t, "agent", "status", "--state-dir", dir)
+		if code != 0 || !strings.Contains(stdout, ": accepted\n") || !strings.Contains(stdout, "strict: failing") || !strings.Contains(stdout, "QUARANTINED") {
+			t.Errorf("status after the report (exit %d):\n%s", code, stdout)
+		}
+	})
+	t.Run("refused", func(t *testing.T) {
+		url, caFile, _ := cannedEdge(t, true)
+		dir := writeAgentState(t, url, time.Now(), 24*time.Hour)
+		code, stdout, stderr := runZtna(t, "agent", "run", "--once", "--state-dir", dir, "--ca-file", caFile)
+		want := "ztna agent: run: get a report nonce from " + url + ": the edge answered 403 device_refused: this device was revoked"
+		if code != 1 || strings.TrimSpace(stderr) != want || stdout != "" {
+			t.Errorf("exit %d, stdout %q, stderr %q; want 1 and %q", code, stdout, stderr, want)
+		}
+		code, stdout, _ = runZtna(t, "agent", "status", "--state-dir", dir)
+		if code != 0 || !strings.Contains(stdout, ": failed: get a report nonce") || !strings.Contains(stdout, "Verdicts      none yet") {
+			t.Errorf("status after the refusal (exit %d):\n%s", code, stdout)
+		}
+	})
+}
+
+func TestPrintStatusReport(t *testing.T) {
+	now := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+	base := agent.Status{DeviceID: "dev-1", Server: "https://auth.example.com", Subject: "CN=dev-1", NotBefore: now.Add(-20 * time.Hour), NotAfter: now.Add(4 * time.Hour), RenewalDue: true}
+	accepted := now.Add(-time.Minute)
+	tests := []struct {
+		name string
+		st   func(agent.Status) agent.Status
+		want []string
+		not  []string
+	}{
+		{"never reported", func(s agent.Status) agent.Status { return s },
+			[]string{"valid for 4h0m0s; renewal due ('ztna agent run' renews it before its next report)", "Last report   none yet: run 'ztna agent run'"}, []string{"Profiles"}},
+		{"failed after an accepted one", func(s agent.Status) agent.Status {
+			s.RenewalDue = false
+			s.LastReport = &agent.LastReport{At: now, Error: "report to https://auth.example.com: the edge answered 503 Service Unavailable", RenewError: "renew: 503",
+				AcceptedAt: accepted, Profiles: []agent.ProfileVerdict{{Name: "baseline", OK: true}}}
+			return s
+		}, []string{": failed: report to https://auth.example.com: the edge answered 503", "Renewal       failed: renew: 503", "Last accepted " + accepted.Local().Format(time.RFC3339) + "; the verdicts below are from then", "Profiles      baseline: OK", "Quarantine    no"},
+			[]string{"renewal due"}},
+		{"unreadable record", func(s agent.Status) agent.Status {
+			s.LastReportErr = errors.New("last-report.json: unexpected end of JSON input")
+			return s
+		}, []string{"Last report   unreadable: last-report.json: unexpected end of JSON input"}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var b strings.Builder
+			printStatus(&b, tt.st(base), now)
+			for _, w := range tt.want {
+				if !strings.Contains(b.String(), w) {
+					t.Errorf("output lacks %q:\n%s", w, b.String())
+				}
+			}
+			for _, w := range tt.not {
+				if strings.Contains(b.String(), w) {
+					t.Errorf("output has %q:\n%s", w, b.String())
+				}
+			}
 		})
 	}
 }
 
 // writeAgentState writes a state directory as `ztna agent enroll` leaves
-// it, with a certificate valid from issuedAt for ttl.
-func writeAgentState(t *testing.T, issuedAt time.Time, ttl time.Duration) string {
+// it for the edge at server, with a certificate valid from issuedAt for ttl.
+func writeAgentState(t *testing.T, server string, issuedAt time.Time, ttl time.Duration) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "agent")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -111,7 +307,7 @@ func writeAgentState(t *testing.T, issuedAt time.Time, ttl time.Duration) string
 	if err != nil {
 		t.Fatal(err)
 	}
-	js, _ := json.Marshal(map[string]any{"device_id": "dev-0123456789abcdef", "server": "https://auth.example.com:8443", "enrolled_at": issuedAt})
+	js, _ := json.Marshal(map[string]any{"device_id": "dev-0123456789abcdef", "server": server, "enrolled_at": issuedAt})
 	files := map[string][]byte{
 		agent.KeyFile:    pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}),
 		agent.CertFile:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
@@ -128,7 +324,7 @@ func writeAgentState(t *testing.T, issuedAt time.Time, ttl time.Duration) string
 
 func TestAgentStatus(t *testing.T) {
 	t.Run("valid", func(t *testing.T) {
-		dir := writeAgentState(t, time.Now(), 24*time.Hour)
+		dir := writeAgentState(t, "https://auth.example.com:8443", time.Now(), 24*time.Hour)
 		code, stdout, stderr := runZtna(t, "agent", "status", "--state-dir", dir)
 		if code != 0 {
 			t.Fatalf("exit %d; stderr: %s", code, stderr)
@@ -139,6 +335,7 @@ func TestAgentStatus(t *testing.T) {
 			"Server        https://auth.example.com:8443",
 			"CN=dev-0123456789abcdef,O=ztna devices",
 			"valid for 2", // 23h59m or 24h0m, rounded to the minute
+			"Last report   none yet: run 'ztna agent run'",
 			"certutil -d sql:$HOME/.pki/nssdb -N --empty-password",
 			"(umask 077 && openssl pkcs12 -export -in " + filepath.Join(dir, "device-cert.pem") + " -inkey " + filepath.Join(dir, "device-key.pem"),
 			"pk12util -d sql:$HOME/.pki/nssdb -i " + filepath.Join(dir, "device.p12"),
@@ -150,12 +347,19 @@ func TestAgentStatus(t *testing.T) {
 				t.Errorf("status output lacks %q:\n%s", want, stdout)
 			}
 		}
-		if strings.Contains(stdout, "expired") {
-			t.Errorf("a valid certificate reported expired:\n%s", stdout)
+		if strings.Contains(stdout, "expired") || strings.Contains(stdout, "renewal due") {
+			t.Errorf("a fresh certificate reported expired or due:\n%s", stdout)
+		}
+	})
+	t.Run("renewal due", func(t *testing.T) {
+		dir := writeAgentState(t, "https://auth.example.com:8443", time.Now().Add(-20*time.Hour), 24*time.Hour)
+		code, stdout, stderr := runZtna(t, "agent", "status", "--state-dir", dir)
+		if code != 0 || !strings.Contains(stdout, "; renewal due ('ztna agent run' renews it before its next report)") {
+			t.Errorf("exit %d, stderr %s, status:\n%s", code, stderr, stdout)
 		}
 	})
 	t.Run("expired", func(t *testing.T) {
-		dir := writeAgentState(t, time.Now().Add(-48*time.Hour), time.Hour)
+		dir := writeAgentState(t, "https://auth.example.com:8443", time.Now().Add(-48*time.Hour), time.Hour)
 		code, stdout, stderr := runZtna(t, "agent", "status", "--state-dir", dir)
 		if code != 0 {
 			t.Fatalf("exit %d; stderr: %s", code, stderr)
@@ -165,7 +369,7 @@ func TestAgentStatus(t *testing.T) {
 		}
 	})
 	t.Run("key open to others", func(t *testing.T) {
-		dir := writeAgentState(t, time.Now(), time.Hour)
+		dir := writeAgentState(t, "https://auth.example.com:8443", time.Now(), time.Hour)
 		if err := os.Chmod(filepath.Join(dir, agent.KeyFile), 0o644); err != nil {
 			t.Fatal(err)
 		}

@@ -23,7 +23,7 @@ const usage = `ztna — identity-aware zero-trust access proxy
 Usage:
   ztna dev [flags]                 run the whole system on this machine (edge, dev IdP, demo apps)
   ztna serve --config FILE         run the production edge
-  ztna agent enroll|status         enroll this device with the edge; show its enrollment
+  ztna agent enroll|run|status     enroll this device; report its posture on a schedule; show both
   ztna version                     print the version
 
 Run 'ztna COMMAND -h' for the flags of a command.

@@ -1,9 +1,10 @@
 // Package agent is the endpoint side of device trust: enrollment (the
 // device key is generated and kept in the agent's state dir and never leaves
-// the device; the edge issues a client certificate once the user approves)
-// and the posture collectors — the facts `ztna agent` reports about its own
+// the device; the edge issues a client certificate once the user approves),
+// the posture collectors — the facts `ztna agent` reports about its own
 // device (OS and kernel version, disk encryption, firewall, screen lock,
-// EDR/AV state).
+// EDR/AV state) — and the Runner that sends them, signed with the device
+// key, on a schedule and renews the device certificate before it expires.
 //
 // The EDR check is built to defeat the three ways a one-time antivirus check
 // is usually cheated:

@@ -379,17 +379,29 @@ func isTransient(err error) bool {
 // answer is an *edgeError. The exchange is bounded by callTimeout and the
 // answer by maxResponseBytes.
 func (c *EnrollClient) call(ctx context.Context, hc *http.Client, u string, req, resp any) error {
+	return postJSON(ctx, hc, u, req, resp)
+}
+
+// postJSON is call for any client of the edge.
+func postJSON(ctx context.Context, hc *http.Client, u string, req, resp any) error {
 	body, err := json.Marshal(req)
 	if err != nil {
 		return err
 	}
+	return post(ctx, hc, u, "application/json", body, resp)
+}
+
+// post POSTs body as contentType to u and decodes a 200 JSON answer into
+// resp; any other answer is an *edgeError. The exchange is bounded by
+// callTimeout and the answer by maxResponseBytes.
+func post(ctx context.Context, hc *http.Client, u, contentType string, body []byte, resp any) error {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
-	hreq.Header.Set("Content-Type", "application/json")
+	hreq.Header.Set("Content-Type", contentType)
 	hreq.Header.Set("Accept", "application/json")
 	hresp, err := hc.Do(hreq)
 	if err != nil {
@@ -710,7 +722,8 @@ func syncDir(dir string) {
 	}
 }
 
-// Status is what the state directory says about this device's enrollment.
+// Status is what the state directory says about this device's enrollment
+// and, once `ztna agent run` has reported, about its posture.
 type Status struct {
 	DeviceID   string
 	UserID     string // the user who approved the enrollment, from the certificate
@@ -723,9 +736,20 @@ type Status struct {
 	// Expired is whether NotAfter has passed: the edge no longer accepts
 	// the certificate and the device must renew or enroll again.
 	Expired bool
+	// RenewalDue is whether less than a third of the certificate's
+	// lifetime is left (or it has expired): the running agent renews it,
+	// with the device key, before its next report.
+	RenewalDue bool
 	// KeyFile, CertFile and CAFile are the paths of the state files, for
 	// importing the certificate into browsers.
 	KeyFile, CertFile, CAFile string
+	// LastReport is what the agent recorded after its latest report
+	// attempt; nil when it has never reported (or the record is
+	// unreadable, see LastReportErr).
+	LastReport *LastReport
+	// LastReportErr says why last-report.json could not be read; the rest
+	// of the status is still valid.
+	LastReportErr error
 }
 
 // ReadStatus reads the enrollment kept in stateDir. It fails with
@@ -741,47 +765,73 @@ func readStatus(stateDir string, now time.Time) (Status, error) {
 		CertFile: filepath.Join(stateDir, CertFile),
 		CAFile:   filepath.Join(stateDir, CAFile),
 	}
-	devFile := filepath.Join(stateDir, DeviceFile)
-	data, _, err := readStateFile(devFile)
-	if errors.Is(err, fs.ErrNotExist) {
-		return st, fmt.Errorf("%w (no %s)", ErrNotEnrolled, devFile)
+	e, err := loadEnrolled(stateDir)
+	if e != nil {
+		st.DeviceID, st.Server, st.EnrolledAt = e.dev.DeviceID, e.dev.Server, e.dev.EnrolledAt
 	}
-	if err != nil {
-		return st, fmt.Errorf("%s: %w", devFile, err)
-	}
-	var ds deviceState
-	if err := json.Unmarshal(data, &ds); err != nil {
-		return st, fmt.Errorf("%s: %w", devFile, err)
-	}
-	if ds.DeviceID == "" {
-		return st, fmt.Errorf("%s: no device_id", devFile)
-	}
-	st.DeviceID, st.Server, st.EnrolledAt = ds.DeviceID, ds.Server, ds.EnrolledAt
-
-	data, _, err = readStateFile(st.CertFile)
-	if err != nil {
-		return st, fmt.Errorf("device certificate: %w", err)
-	}
-	cert, err := parseOneCert(data)
-	if err != nil {
-		return st, fmt.Errorf("device certificate %s: %w", st.CertFile, err)
-	}
-	if id, _ := certIdentity(cert); id != ds.DeviceID {
-		return st, fmt.Errorf("device certificate %s is for device %q, but %s says %q; enroll again", st.CertFile, id, devFile, ds.DeviceID)
-	}
-	key, err := loadKey(st.KeyFile)
 	if err != nil {
 		return st, err
 	}
-	if !key.PublicKey.Equal(cert.PublicKey) {
-		return st, fmt.Errorf("device certificate %s is not for the key in %s; enroll again", st.CertFile, st.KeyFile)
-	}
+	cert := e.cert
 	_, st.UserID = certIdentity(cert)
 	st.Subject = cert.Subject.String()
 	st.Issuer = cert.Issuer.String()
 	st.NotBefore, st.NotAfter = cert.NotBefore, cert.NotAfter
 	st.Expired = now.After(cert.NotAfter)
+	st.RenewalDue = renewalDue(cert, now)
+	st.LastReport, st.LastReportErr = readLastReport(stateDir)
 	return st, nil
+}
+
+// enrolled is an enrollment read from the state directory, with its files
+// checked to belong together.
+type enrolled struct {
+	dev  deviceState
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+}
+
+// loadEnrolled reads device.json, the certificate and the key from
+// stateDir and checks that they belong together. It never creates
+// anything: without device.json it fails with ErrNotEnrolled. On a later
+// failure it still returns what device.json said (without cert and key).
+func loadEnrolled(stateDir string) (*enrolled, error) {
+	devFile := filepath.Join(stateDir, DeviceFile)
+	data, _, err := readStateFile(devFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w (no %s)", ErrNotEnrolled, devFile)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", devFile, err)
+	}
+	var e enrolled
+	if err := json.Unmarshal(data, &e.dev); err != nil {
+		return nil, fmt.Errorf("%s: %w", devFile, err)
+	}
+	if e.dev.DeviceID == "" {
+		return nil, fmt.Errorf("%s: no device_id", devFile)
+	}
+	certFile, keyFile := filepath.Join(stateDir, CertFile), filepath.Join(stateDir, KeyFile)
+	data, _, err = readStateFile(certFile)
+	if err != nil {
+		return &e, fmt.Errorf("device certificate: %w", err)
+	}
+	cert, err := parseOneCert(data)
+	if err != nil {
+		return &e, fmt.Errorf("device certificate %s: %w", certFile, err)
+	}
+	if id, _ := certIdentity(cert); id != e.dev.DeviceID {
+		return &e, fmt.Errorf("device certificate %s is for device %q, but %s says %q; enroll again", certFile, id, devFile, e.dev.DeviceID)
+	}
+	key, err := loadKey(keyFile)
+	if err != nil {
+		return &e, err
+	}
+	if !key.PublicKey.Equal(cert.PublicKey) {
+		return &e, fmt.Errorf("device certificate %s is not for the key in %s; enroll again", certFile, keyFile)
+	}
+	e.cert, e.key = cert, key
+	return &e, nil
 }
 
 // cleanMessage makes an edge's error message safe to print on one line.
