@@ -82,7 +82,12 @@ type browser struct {
 
 // newBrowser starts headless Chromium trusting env's dev CA. The process and
 // its temp directories are gone when the test ends.
-func newBrowser(t *testing.T, env *devenv.Env) *browser {
+func newBrowser(t *testing.T, env *devenv.Env) *browser { return startBrowser(t, env, nil) }
+
+// startBrowser is newBrowser with setup, if not nil, run on the browser's
+// HOME (whose NSS database then trusts the dev CA) and user data dir before
+// the browser starts: where a test installs a device identity.
+func startBrowser(t *testing.T, env *devenv.Env, setup func(home, udd string)) *browser {
 	t.Helper()
 	if _, err := os.Stat(browserExecPath); err != nil {
 		msg := "chromium not installed (" + browserExecPath + "): run make test, which installs it"
@@ -104,7 +109,7 @@ func newBrowser(t *testing.T, env *devenv.Env) *browser {
 		}
 	})
 	home, tmp, udd := filepath.Join(dir, "home"), filepath.Join(dir, "tmp"), filepath.Join(dir, "udd")
-	for _, d := range []string{home, tmp, udd} {
+	for _, d := range []string{home, tmp, filepath.Join(udd, "Default")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			t.Fatal(err)
 		}
@@ -123,11 +128,22 @@ func newBrowser(t *testing.T, env *devenv.Env) *browser {
 		chromedp.Flag("disable-component-update", true),
 		chromedp.Flag("no-first-run", true),
 	)
-	if browserTrustCA(t, home, env.CAFile) {
+	switch trusted := browserTrustCA(t, home, env.CAFile); {
+	case trusted:
 		t.Log("browser trust: dev CA added to the browser's NSS database (certificates are verified)")
-	} else {
+	case setup != nil:
+		// A device identity needs the NSS tools anyway: no fallback.
+		msg := "certutil not installed (libnss3-tools): run make test, which installs it"
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	default:
 		t.Log("browser trust: certutil not found, falling back to --ignore-certificate-errors")
 		opts = append(opts, chromedp.Flag("ignore-certificate-errors", true))
+	}
+	if setup != nil {
+		setup(home, udd)
 	}
 
 	actx, acancel := chromedp.NewExecAllocator(context.Background(), opts...)

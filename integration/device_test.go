@@ -33,15 +33,7 @@ func enrollDevice(t *testing.T, env *devenv.Env, user string) (string, tls.Certi
 	if err != nil {
 		t.Fatal(err)
 	}
-	devs := env.Edge.Devices()
-	pe, err := devs.StartEnrollment(ctx, &key.PublicKey, "test laptop", "linux", proof)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := devs.Approve(ctx, pe.UserCode, user); err != nil {
-		t.Fatal(err)
-	}
-	dev, der, err := devs.Poll(ctx, pe.EnrollmentID, time.Now())
+	dev, der, err := env.Edge.Devices().EnrollFor(ctx, user, &key.PublicKey, "test laptop", "linux", proof, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -77,83 +77,27 @@ func runTool(t *testing.T, name string, args ...string) {
 // on the certificate selector).
 func newDeviceBrowser(t *testing.T, env *devenv.Env, p12 string) *browser {
 	t.Helper()
-	if _, err := os.Stat(browserExecPath); err != nil {
-		msg := "chromium not installed (" + browserExecPath + "): run make test, which installs it"
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	// Short, for Chromium's singleton socket path (see newBrowser).
-	dir, err := os.MkdirTemp("/tmp", "zd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := os.RemoveAll(dir); err != nil {
-			t.Errorf("remove browser dir: %v", err)
-		}
-	})
-	home, tmp, udd := filepath.Join(dir, "home"), filepath.Join(dir, "tmp"), filepath.Join(dir, "udd")
-	for _, d := range []string{home, tmp, filepath.Join(udd, "Default")} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
+	return startBrowser(t, env, func(home, udd string) {
+		runTool(t, "pk12util", "-i", p12, "-d", "sql:"+filepath.Join(home, ".pki", "nssdb"), "-W", "")
+		_, port, err := net.SplitHostPort(env.EdgeAddr)
+		if err != nil {
 			t.Fatal(err)
 		}
-	}
-	// Unlike newBrowser, no fallback to --ignore-certificate-errors: the
-	// device identity needs the NSS tools anyway.
-	if !browserTrustCA(t, home, env.CAFile) {
-		msg := "certutil not installed (libnss3-tools): run make test, which installs it"
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
+		rule := map[string]any{"setting": map[string]any{"filters": []any{
+			map[string]any{"ISSUER": map[string]string{"CN": env.DeviceCA.Certificate().Subject.CommonName}}}}}
+		exceptions := map[string]any{}
+		for _, host := range []string{"auth", "whoami", "secure", "strict"} {
+			exceptions["https://"+host+".localhost:"+port+",*"] = rule
 		}
-		t.Skip(msg)
-	}
-	runTool(t, "pk12util", "-i", p12, "-d", "sql:"+filepath.Join(home, ".pki", "nssdb"), "-W", "")
-
-	_, port, err := net.SplitHostPort(env.EdgeAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rule := map[string]any{"setting": map[string]any{"filters": []any{
-		map[string]any{"ISSUER": map[string]string{"CN": env.DeviceCA.Certificate().Subject.CommonName}}}}}
-	exceptions := map[string]any{}
-	for _, host := range []string{"auth", "whoami", "secure", "strict"} {
-		exceptions["https://"+host+".localhost:"+port+",*"] = rule
-	}
-	prefs, err := json.Marshal(map[string]any{"profile": map[string]any{"content_settings": map[string]any{
-		"exceptions": map[string]any{"auto_select_certificate": exceptions}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(udd, "Default", "Preferences"), prefs, 0o600); err != nil {
-		t.Fatal(err)
-	}
-
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(browserExecPath),
-		chromedp.NoSandbox,
-		chromedp.UserDataDir(udd),
-		chromedp.Env("HOME="+home, "TMPDIR="+tmp),
-		chromedp.DisableGPU,
-		chromedp.WindowSize(1100, 850),
-		chromedp.Flag("host-resolver-rules", "MAP *.localhost 127.0.0.1"),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("no-first-run", true),
-	)
-	actx, acancel := chromedp.NewExecAllocator(context.Background(), opts...)
-	t.Cleanup(acancel)
-	bctx, bcancel := chromedp.NewContext(actx)
-	t.Cleanup(bcancel)
-	watchdog := time.AfterFunc(browserStartTimeout, acancel)
-	err = chromedp.Do(bctx, chromedp.Navigate("about:blank")) // starts the browser: no deadline
-	if !watchdog.Stop() {
-		t.Fatalf("browser did not start within %v: %v", browserStartTimeout, err)
-	}
-	if err != nil {
-		t.Fatalf("start browser: %v", err)
-	}
-	return &browser{ctx: bctx}
+		prefs, err := json.Marshal(map[string]any{"profile": map[string]any{"content_settings": map[string]any{
+			"exceptions": map[string]any{"auto_select_certificate": exceptions}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(udd, "Default", "Preferences"), prefs, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
 
 // A browser on an enrolled device: signed in as alice, it reaches an app

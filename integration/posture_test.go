@@ -857,15 +857,7 @@ func enrollReporter(t *testing.T, env *devenv.Env, user, name string) *reporting
 	if err != nil {
 		t.Fatal(err)
 	}
-	devs := env.Edge.Devices()
-	pe, err := devs.StartEnrollment(ctx, &key.PublicKey, name, "linux", proof)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := devs.Approve(ctx, pe.UserCode, user); err != nil {
-		t.Fatal(err)
-	}
-	dev, der, err := devs.Poll(ctx, pe.EnrollmentID, time.Now())
+	dev, der, err := env.Edge.Devices().EnrollFor(ctx, user, &key.PublicKey, name, "linux", proof, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

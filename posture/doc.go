@@ -36,6 +36,19 @@
 // registered key, a counter above the last accepted one, a nonce from the
 // [NonceBook] for this device, and a plausible collection time.
 //
+// The edge keeps what it accepted in a [Reports] book: the latest report of
+// every device in memory (the per-request lookup) and in the store (for
+// restarts), a short history, and the EDR vendors' own check-ins, which
+// arrive as signals.
+//
+// # Signals and quarantine
+//
+// [ParseFalco] and [ParseSignal] read detection signals (Falcosidekick's
+// webhook output, a generic JSON form) as untrusted input. A detection the
+// edge acts on isolates a device or user in the [Quarantine] registry
+// (store-backed, memory-fast), whose entry says what was detected and how
+// to get back; a [Notifier] tells a Slack-compatible webhook.
+//
 // # Profiles and verdicts
 //
 // Posture requirements are named [Profile]s in the config, compiled by

@@ -294,6 +294,21 @@ func (d *Devices) StartEnrollment(ctx context.Context, pub *ecdsa.PublicKey, nam
 	}, nil
 }
 
+// EnrollFor enrolls the device whose key is pub straight to userID, with no
+// user code to confirm: for enrollments approved by other means (`ztna dev`
+// enrolling its own machine, tests). It runs StartEnrollment, Approve and
+// Poll, so the device is recorded exactly as a device-flow enrollment.
+func (d *Devices) EnrollFor(ctx context.Context, userID string, pub *ecdsa.PublicKey, name, platform string, proof []byte, now time.Time) (*Device, []byte, error) {
+	p, err := d.StartEnrollment(ctx, pub, name, platform, proof)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := d.Approve(ctx, p.UserCode, userID); err != nil {
+		return nil, nil, err
+	}
+	return d.Poll(ctx, p.EnrollmentID, now)
+}
+
 // PendingByUserCode returns the enrollment waiting under the user code
 // (case-insensitive, dash optional) for the approval page. It has no
 // EnrollmentID.

@@ -3,7 +3,12 @@
 //
 //	identify → device → posture → authorize → forward
 //
-// built by one constructor (NewHandler) and readable top to bottom there.
+// written once, in Edge.ServeHTTP, and readable top to bottom there. The
+// edge's own endpoints live beside it: login and logout (authn), device
+// enrollment and the agent's report endpoints (devices.go), and the signal
+// and admin APIs (api.go). Live exchanges are registered so that trust
+// changes — a revoked session or device, a quarantine, a failing or stale
+// posture report, a policy reload — close them (live.go, posture.go).
 // Listeners and their lifecycle live in proxy/edge; what apps import to
 // verify the identity the edge attaches lives in proxy/identity.
 //

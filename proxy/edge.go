@@ -97,6 +97,9 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Edge, error) {
 		e.live.revokeSession(key, "session ended")
 	})
 	if err := e.Apply(ctx, cfg); err != nil {
+		if e.notifier != nil {
+			e.notifier.Close()
+		}
 		return nil, err
 	}
 	jctx, stop := context.WithCancel(context.Background())

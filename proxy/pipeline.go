@@ -102,7 +102,8 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	e.forward(w, r, st, a, sess, dev, req)
 }
 
-// serveEdge answers the edge's own endpoints: login and logout flows, the
+// serveEdge answers the edge's own endpoints: login and logout flows,
+// device enrollment and posture reports, the signal and admin APIs, the
 // JWKS, and page assets.
 func (e *Edge) serveEdge(w http.ResponseWriter, r *http.Request, st *State, authHost bool) {
 	switch {

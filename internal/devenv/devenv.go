@@ -9,6 +9,7 @@
 package devenv
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -316,15 +317,7 @@ func (e *Env) startLocalAgent(ctx context.Context, logger *slog.Logger) error {
 			return err
 		}
 		host, _ := os.Hostname()
-		devs := e.Edge.Devices()
-		p, err := devs.StartEnrollment(ctx, &key.PublicKey, cmpOr(host, "this machine"), runtime.GOOS, proof)
-		if err != nil {
-			return err
-		}
-		if err := devs.Approve(ctx, p.UserCode, e.Users[0].Subject); err != nil {
-			return err
-		}
-		dev, der, err := devs.Poll(ctx, p.EnrollmentID, time.Now())
+		dev, der, err := e.Edge.Devices().EnrollFor(ctx, e.Users[0].Subject, &key.PublicKey, cmp.Or(host, "this machine"), runtime.GOOS, proof, time.Now())
 		if err != nil {
 			return err
 		}
@@ -353,12 +346,6 @@ func (e *Env) startLocalAgent(ctx context.Context, logger *slog.Logger) error {
 	return nil
 }
 
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
-}
 
 // Close stops everything, the edge first (it drains), then the apps, the
 // IdP and the store.
