@@ -41,6 +41,7 @@ deps:
 	@.ci/deps
 
 vet:
+	@bad=$$(gofmt -l .); if [ -n "$$bad" ]; then echo "not gofmt-formatted:"; echo "$$bad"; exit 1; fi
 	$(GO) vet $(PKGS)
 
 unit: deps

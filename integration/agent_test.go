@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ztna-dev/ztna/internal/devenv"
 	"github.com/ztna-dev/ztna/posture/agent"
 )
 
@@ -19,7 +20,31 @@ import (
 func TestAgentEnrollsAgainstTheEdge(t *testing.T) {
 	env := newEnv(t)
 	alice := loginAs(t, env, "whoami", "alice", "alice-password")
-	stateDir := t.TempDir()
+	stateDir, id := enrollAgent(t, env, alice, "alice's laptop")
+	st, err := agent.ReadStatus(stateDir)
+	if err != nil || st.Expired {
+		t.Fatalf("status after enrollment: %+v, %v", st, err)
+	}
+	cert, err := tls.LoadX509KeyPair(filepath.Join(stateDir, agent.CertFile), filepath.Join(stateDir, agent.KeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := getWithCookie(t, withDeviceCert(t, env, cert), env.AppURL("whoami")+"/?format=json", sessionCookie(t, env, alice, "whoami"))
+	if r.StatusCode != http.StatusOK {
+		t.Fatalf("whoami from the enrolled device: %d", r.StatusCode)
+	}
+	if rep := decodeReport(t, r.Body); rep.Claims == nil || rep.Claims.Device != id {
+		t.Fatalf("device %q not identified: %+v", id, rep.Claims)
+	}
+}
+
+// enrollAgent enrolls a new device named name for the user signed in with
+// signedIn, the way `ztna agent enroll` does it (the device flow over HTTP,
+// approved on the auth host), and returns the agent's state directory and
+// the device ID.
+func enrollAgent(t *testing.T, env *devenv.Env, signedIn *http.Client, name string) (stateDir, deviceID string) {
+	t.Helper()
+	stateDir = t.TempDir()
 	out := &syncBuffer{}
 	ec := &agent.EnrollClient{Server: env.AuthOrigin, HTTPClient: newClient(t, env), Out: out}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -30,10 +55,16 @@ func TestAgentEnrollsAgainstTheEdge(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		id, err := ec.Enroll(ctx, stateDir, "alice's laptop")
+		id, err := ec.Enroll(ctx, stateDir, name)
 		done <- result{id, err}
 	}()
-
+	finished := false
+	defer func() { // on a failure below, stop the agent before leaving
+		if !finished {
+			cancel()
+			<-done
+		}
+	}()
 	codeRE := regexp.MustCompile(`(https://\S+\?code=\S+)`)
 	var page string
 	waitFor(t, 10*time.Second, "the agent to print the approval URL", func() bool {
@@ -43,39 +74,26 @@ func TestAgentEnrollsAgainstTheEdge(t *testing.T) {
 		}
 		return false
 	})
-	r := get(t, alice, page, asNavigation)
-	if r.StatusCode != 200 {
+	r := get(t, signedIn, page, asNavigation)
+	if r.StatusCode != http.StatusOK {
 		t.Fatalf("approval page %s: %d %.300s", page, r.StatusCode, r.Body)
 	}
 	action, fields := formFields(t, r.Body)
 	fields.Set("decision", "approve")
-	req := newRequest(t, "POST", env.AuthOrigin+action, strings.NewReader(fields.Encode()), asNavigation)
+	req := newRequest(t, http.MethodPost, env.AuthOrigin+action, strings.NewReader(fields.Encode()), asNavigation)
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	if r := do(t, alice, req); r.StatusCode != 200 {
+	if r := do(t, signedIn, req); r.StatusCode != http.StatusOK {
 		t.Fatalf("approve: %d %.300s", r.StatusCode, r.Body)
 	}
 	var res result
 	select {
 	case res = <-done:
+		finished = true
 	case <-time.After(25 * time.Second):
 		t.Fatalf("the agent did not finish enrolling; it printed:\n%s", out)
 	}
 	if res.err != nil {
 		t.Fatalf("enroll: %v; it printed:\n%s", res.err, out)
 	}
-	st, err := agent.ReadStatus(stateDir)
-	if err != nil || st.Expired {
-		t.Fatalf("status after enrollment: %+v, %v", st, err)
-	}
-	cert, err := tls.LoadX509KeyPair(filepath.Join(stateDir, agent.CertFile), filepath.Join(stateDir, agent.KeyFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r = getWithCookie(t, withDeviceCert(t, env, cert), env.AppURL("whoami")+"/?format=json", sessionCookie(t, env, alice, "whoami"))
-	if r.StatusCode != http.StatusOK {
-		t.Fatalf("whoami from the enrolled device: %d", r.StatusCode)
-	}
-	if rep := decodeReport(t, r.Body); rep.Claims == nil || rep.Claims.Device != res.id {
-		t.Fatalf("device %q not identified: %+v", res.id, rep.Claims)
-	}
+	return stateDir, res.id
 }

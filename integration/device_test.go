@@ -18,10 +18,16 @@ import (
 	"github.com/ztna-dev/ztna/posture"
 )
 
-// enrollDevice enrolls a new device for user through the registry's
-// device-code flow (the HTTP endpoints and `ztna agent enroll` come later)
-// and returns its ID and a TLS client certificate with its key.
+// enrollDevice enrolls a new device for user through the registry
+// (enrollment itself is tested over HTTP elsewhere) and returns its ID and
+// a TLS client certificate with its key.
 func enrollDevice(t *testing.T, env *devenv.Env, user string) (string, tls.Certificate) {
+	t.Helper()
+	return enrollNamedDevice(t, env, user, "test laptop")
+}
+
+// enrollNamedDevice is enrollDevice for a device enrolled under name.
+func enrollNamedDevice(t *testing.T, env *devenv.Env, user, name string) (string, tls.Certificate) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -33,7 +39,7 @@ func enrollDevice(t *testing.T, env *devenv.Env, user string) (string, tls.Certi
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev, der, err := env.Edge.Devices().EnrollFor(ctx, user, &key.PublicKey, "test laptop", "linux", proof, time.Now())
+	dev, der, err := env.Edge.Devices().EnrollFor(ctx, user, &key.PublicKey, name, "linux", proof, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

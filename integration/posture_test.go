@@ -31,7 +31,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -213,66 +212,6 @@ func (m *edrManager) close() {
 		_ = m.ln.Close()
 		m.wg.Wait()
 	})
-}
-
-// enrollAgent enrolls a new device named name for the user signed in with
-// signedIn, the way `ztna agent enroll` does it (the device flow over HTTP,
-// approved on the auth host), and returns the agent's state directory and
-// the device ID.
-func enrollAgent(t *testing.T, env *devenv.Env, signedIn *http.Client, name string) (stateDir, deviceID string) {
-	t.Helper()
-	stateDir = t.TempDir()
-	out := &syncBuffer{}
-	ec := &agent.EnrollClient{Server: env.AuthOrigin, HTTPClient: newClient(t, env), Out: out}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	type result struct {
-		id  string
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		id, err := ec.Enroll(ctx, stateDir, name)
-		done <- result{id, err}
-	}()
-	finished := false
-	defer func() { // on a failure below, stop the agent before leaving
-		if !finished {
-			cancel()
-			<-done
-		}
-	}()
-	codeRE := regexp.MustCompile(`(https://\S+\?code=\S+)`)
-	var page string
-	waitFor(t, 10*time.Second, "the agent to print the approval URL", func() bool {
-		if m := codeRE.FindStringSubmatch(out.String()); m != nil {
-			page = strings.TrimRight(m[1], ".,")
-			return true
-		}
-		return false
-	})
-	r := get(t, signedIn, page, asNavigation)
-	if r.StatusCode != http.StatusOK {
-		t.Fatalf("approval page %s: %d %.300s", page, r.StatusCode, r.Body)
-	}
-	action, fields := formFields(t, r.Body)
-	fields.Set("decision", "approve")
-	req := newRequest(t, http.MethodPost, env.AuthOrigin+action, strings.NewReader(fields.Encode()), asNavigation)
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	if r := do(t, signedIn, req); r.StatusCode != http.StatusOK {
-		t.Fatalf("approve: %d %.300s", r.StatusCode, r.Body)
-	}
-	var res result
-	select {
-	case res = <-done:
-		finished = true
-	case <-time.After(25 * time.Second):
-		t.Fatalf("the agent did not finish enrolling; it printed:\n%s", out)
-	}
-	if res.err != nil {
-		t.Fatalf("enroll: %v; it printed:\n%s", res.err, out)
-	}
-	return stateDir, res.id
 }
 
 // agentCert is the device certificate and key the agent keeps in stateDir.
@@ -847,22 +786,8 @@ type reportingDevice struct {
 // (enrollment itself is not under test here).
 func enrollReporter(t *testing.T, env *devenv.Env, user, name string) *reportingDevice {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proof, err := posture.SignEnrollProof(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev, der, err := env.Edge.Devices().EnrollFor(ctx, user, &key.PublicKey, name, "linux", proof, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-	return &reportingDevice{id: dev.ID, key: key, cert: cert, c: withDeviceCert(t, env, cert)}
+	id, cert := enrollNamedDevice(t, env, user, name)
+	return &reportingDevice{id: id, key: cert.PrivateKey.(*ecdsa.PrivateKey), cert: cert, c: withDeviceCert(t, env, cert)}
 }
 
 // nonce asks the edge for a report nonce with the device's certificate.

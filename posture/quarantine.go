@@ -199,6 +199,13 @@ func (q *Quarantine) User(id string) (QuarantineEntry, bool) {
 	return e, ok
 }
 
+// Len returns how many devices and users are quarantined.
+func (q *Quarantine) Len() int {
+	q.mu.RLock()
+	defer q.mu.RUnlock()
+	return len(q.devices) + len(q.users)
+}
+
 // List returns every entry, earliest At first (ties by kind, then ID).
 func (q *Quarantine) List() []QuarantineEntry {
 	q.mu.RLock()

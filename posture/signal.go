@@ -132,7 +132,7 @@ type Signal struct {
 	Severity Severity
 	DeviceID string // the device (ztna device ID) if the sender knows it
 	Hostname string // else the host name, which the edge maps to a device by its enrolled name
-	UserID   string // optional: the user (OIDC subject), for a user-level signal
+	UserID   string // optional: the user (OIDC subject or email), for a user-level signal
 	Rule     string // detection rule name (Falco rule)
 	Reason   string // what was detected, for the user and admins (Falco: the output line)
 	Fix      string // how to fix it, optional

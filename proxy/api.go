@@ -27,7 +27,6 @@ const (
 	pathDevicesAPI   = "/api/devices/"      // admin: /api/devices/ID/{quarantine,release,revoke}
 	pathUsersAPI     = "/api/users/"        // admin: /api/users/ID/release
 	apiPrefix        = "/api/"
-	maxAdminBody     = 16 << 10
 )
 
 // serveAPI answers /api/ on the auth host.

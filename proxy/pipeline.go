@@ -75,8 +75,9 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	// 4. posture
-	if refused := e.posture(a, sess.Identity.Subject, dev, start); refused != nil {
+	if refused := e.posture(a, sess.Identity.Subject, sess.Identity.Email, dev, start); refused != nil {
 		verdict, reason := refusalVerdict(refused)
+		e.countPostureFailure(refused)
 		e.record(r, a, sess, dev, verdict, groups.Decision{Reason: reason}, start)
 		e.fail(w, r, refused)
 		return
@@ -168,6 +169,19 @@ func (e *Edge) record(r *http.Request, a *app, sess *authn.Session, device, post
 	e.opts.Audit.Record(ev)
 	counter.Inc()
 	e.metrics.decisionTime.Observe(lat.Seconds())
+}
+
+// countPostureFailure counts a posture refusal by failed check ("device":
+// no device certificate); quarantines are counted where they start.
+func (e *Edge) countPostureFailure(he *httperr.Error) {
+	switch he.Code {
+	case "device_required":
+		e.metrics.postureFailures.WithLabelValues("device").Inc()
+	case "posture_failed":
+		for _, c := range he.Checks {
+			e.metrics.postureFailures.WithLabelValues(c.Check).Inc()
+		}
+	}
 }
 
 // refusalVerdict is the audit verdict and reason of a posture refusal.

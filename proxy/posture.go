@@ -21,12 +21,19 @@ import (
 // going stale (the other triggers act at once).
 const postureSweep = 250 * time.Millisecond
 
-// posture is pipeline step 4: a quarantined user or device is refused
-// everywhere; an app with a posture profile needs an enrolled device whose
-// latest evidence satisfies it. It reads memory only.
-func (e *Edge) posture(a *app, user, device string, now time.Time) *httperr.Error {
+// posture is pipeline step 4: a quarantined user (by subject or email, as
+// signals may name either) or device is refused everywhere; an app with a
+// posture profile needs an enrolled device whose latest evidence satisfies
+// it. It reads memory only and has no side effects, so live re-checks use
+// it too.
+func (e *Edge) posture(a *app, user, email, device string, now time.Time) *httperr.Error {
 	if q, ok := e.quarantine.User(user); ok {
 		return quarantined(q, "Your account")
+	}
+	if email != "" {
+		if q, ok := e.quarantine.User(email); ok {
+			return quarantined(q, "Your account")
+		}
 	}
 	if device != "" {
 		if q, ok := e.quarantine.Device(device); ok {
@@ -37,7 +44,6 @@ func (e *Edge) posture(a *app, user, device string, now time.Time) *httperr.Erro
 		return nil
 	}
 	if device == "" {
-		e.metrics.postureFailures.WithLabelValues("device").Inc()
 		return &httperr.Error{Status: http.StatusForbidden, Code: "device_required", Title: "Enrolled device required",
 			Message: fmt.Sprintf("%s is available only from an enrolled device that meets the %q security profile, and this browser did not present a device certificate.", a.Name, a.PostureProfile),
 			Hint:    "Enroll this computer with `ztna agent enroll`, keep `ztna agent run` running, and import the device certificate into this browser (`ztna agent status` shows how)."}
@@ -49,7 +55,6 @@ func (e *Edge) posture(a *app, user, device string, now time.Time) *httperr.Erro
 	checks := make([]httperr.Check, len(v.Failures))
 	for i, f := range v.Failures {
 		checks[i] = httperr.Check{Check: f.Check, Reason: f.Reason, Fix: f.Fix}
-		e.metrics.postureFailures.WithLabelValues(f.Check).Inc()
 	}
 	return &httperr.Error{Status: http.StatusForbidden, Code: "posture_failed", Title: "This device does not meet the security requirements",
 		Message: fmt.Sprintf("%s requires the %q device profile. This device fails %d check(s):", a.Name, a.PostureProfile, len(checks)),
@@ -77,7 +82,7 @@ func quarantined(q posture.QuarantineEntry, who string) *httperr.Error {
 // livePostureOK re-checks a live exchange against the current state.
 func (e *Edge) livePostureOK(st *State, le *liveEntry, now time.Time) bool {
 	a := st.apps[le.req.App]
-	return a != nil && e.posture(a, le.req.Subject.User, le.device, now) == nil
+	return a != nil && e.posture(a, le.req.Subject.User, le.req.Subject.Email, le.device, now) == nil
 }
 
 // recheckPosture closes the live exchanges matching filter that the
@@ -115,7 +120,7 @@ func (e *Edge) postureWatcher(ctx context.Context) {
 // the device is isolated), count and notify new quarantines. A repeated
 // detection of a subject already isolated only cuts again.
 func (e *Edge) onQuarantine(q posture.QuarantineEntry, released bool) {
-	e.metrics.quarantined.Set(float64(len(e.quarantine.List())))
+	e.metrics.quarantined.Set(float64(e.quarantine.Len()))
 	if released {
 		if e.notifier != nil {
 			e.notifier.Released(q, "")
@@ -124,7 +129,7 @@ func (e *Edge) onQuarantine(q posture.QuarantineEntry, released bool) {
 	}
 	match := func(le *liveEntry) bool { return le.device == q.ID }
 	if q.Kind == posture.QuarantineUser {
-		match = func(le *liveEntry) bool { return le.req.Subject.User == q.ID }
+		match = func(le *liveEntry) bool { return le.req.Subject.User == q.ID || le.req.Subject.Email == q.ID }
 	}
 	e.live.closeWhere(match, "quarantined: "+q.Reason)
 	if !q.At.Equal(q.LastAt) {
@@ -186,7 +191,7 @@ func (e *Edge) startPosture(ctx context.Context, cfg *Config) error {
 	if err := e.quarantine.Load(lctx); err != nil {
 		return err
 	}
-	e.metrics.quarantined.Set(float64(len(e.quarantine.List())))
+	e.metrics.quarantined.Set(float64(e.quarantine.Len()))
 	if opts.DeviceCA != nil {
 		e.devices = posture.NewDevices(opts.Store, opts.DeviceCA, opts.Logger)
 		if cfg.Devices.CertTTL > 0 {

@@ -23,6 +23,7 @@ type postureFixture struct {
 	e             *Edge
 	strict, open  *app
 	device, user  string
+	email         string
 	key           *ecdsa.PrivateKey
 	devRecord     *posture.Device
 	reportCounter uint64
@@ -40,7 +41,7 @@ func newPostureFixture(t testing.TB) *postureFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &postureFixture{e: e, device: "dev-1", user: "u-alice",
+	f := &postureFixture{e: e, device: "dev-1", user: "u-alice", email: "alice@example.com",
 		strict: &app{AppConfig: AppConfig{Name: "wiki", PostureProfile: "strict"}, profile: profiles["strict"]},
 		open:   &app{AppConfig: AppConfig{Name: "docs"}}}
 	f.key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -84,26 +85,26 @@ func TestPostureStep(t *testing.T) {
 	f := newPostureFixture(t)
 	e, now := f.e, time.Now()
 
-	if he := e.posture(f.strict, f.user, f.device, now); he != nil {
+	if he := e.posture(f.strict, f.user, f.email, f.device, now); he != nil {
 		t.Fatalf("passing device refused: %v", he)
 	}
-	if he := e.posture(f.open, f.user, "", now); he != nil {
+	if he := e.posture(f.open, f.user, f.email, "", now); he != nil {
 		t.Fatalf("app without a profile refused a browser without a device: %v", he)
 	}
-	if he := e.posture(f.strict, f.user, "", now); he == nil || he.Code != "device_required" || he.Status != 403 {
+	if he := e.posture(f.strict, f.user, f.email, "", now); he == nil || he.Code != "device_required" || he.Status != 403 {
 		t.Fatalf("no device on a posture app: %+v", he)
 	}
-	if he := e.posture(f.strict, f.user, f.device, now.Add(2*time.Minute)); he == nil || he.Code != "posture_failed" ||
+	if he := e.posture(f.strict, f.user, f.email, f.device, now.Add(2*time.Minute)); he == nil || he.Code != "posture_failed" ||
 		len(he.Checks) != 1 || he.Checks[0].Check != posture.CheckReport || he.Checks[0].Fix == "" {
 		t.Fatalf("stale report: %+v", he)
 	}
-	verdict, _ := refusalVerdict(e.posture(f.strict, f.user, f.device, now.Add(2*time.Minute)))
+	verdict, _ := refusalVerdict(e.posture(f.strict, f.user, f.email, f.device, now.Add(2*time.Minute)))
 	if verdict != "fail:report" {
 		t.Errorf("audit verdict %q", verdict)
 	}
 
 	f.submit(t, false)
-	he := e.posture(f.strict, f.user, f.device, time.Now())
+	he := e.posture(f.strict, f.user, f.email, f.device, time.Now())
 	if he == nil || he.Code != "posture_failed" || he.Checks[0].Check != posture.CheckEDRRunning {
 		t.Fatalf("EDR stopped: %+v", he)
 	}
@@ -115,19 +116,31 @@ func TestPostureStep(t *testing.T) {
 		Reason: "Terminal shell in container", Source: "falco", Severity: posture.SeverityCritical, At: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
-	he = e.posture(f.open, f.user, f.device, time.Now())
+	he = e.posture(f.open, f.user, f.email, f.device, time.Now())
 	if he == nil || he.Code != "quarantined" || he.Checks[0].Reason != "Terminal shell in container" || he.Checks[0].Fix == "" {
 		t.Fatalf("quarantined device on an open app: %+v", he)
 	}
-	if he := e.posture(f.open, f.user, "", time.Now()); he != nil {
+	if he := e.posture(f.open, f.user, f.email, "", time.Now()); he != nil {
 		t.Fatalf("a device quarantine blocked the user's device-less browser: %v", he)
 	}
 	if _, err := e.quarantine.Isolate(ctx, posture.QuarantineEntry{Kind: posture.QuarantineUser, ID: f.user,
 		Reason: "credential theft", Source: "crowdstrike", Severity: posture.SeverityCritical, At: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
-	if he := e.posture(f.open, f.user, "", time.Now()); he == nil || he.Code != "quarantined" {
+	if he := e.posture(f.open, f.user, f.email, "", time.Now()); he == nil || he.Code != "quarantined" {
 		t.Fatalf("user quarantine not applied without a device: %+v", he)
+	}
+	if e.quarantine.Len() != 2 {
+		t.Errorf("quarantine Len %d, want 2", e.quarantine.Len())
+	}
+
+	// Signals may name a user by email rather than by subject.
+	if _, err := e.quarantine.Isolate(ctx, posture.QuarantineEntry{Kind: posture.QuarantineUser, ID: "bob@example.com",
+		Reason: "phished", Source: "idp-risk", Severity: posture.SeverityCritical, At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if he := e.posture(f.open, "u-bob", "bob@example.com", "", time.Now()); he == nil || he.Code != "quarantined" {
+		t.Fatalf("user quarantined by email not applied: %+v", he)
 	}
 }
 
@@ -144,7 +157,7 @@ func BenchmarkPostureStep(b *testing.B) {
 		b.Run(bc.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				if he := f.e.posture(bc.a, f.user, f.device, time.Now()); he != nil {
+				if he := f.e.posture(bc.a, f.user, f.email, f.device, time.Now()); he != nil {
 					b.Fatal(he)
 				}
 			}

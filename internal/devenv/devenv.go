@@ -346,7 +346,6 @@ func (e *Env) startLocalAgent(ctx context.Context, logger *slog.Logger) error {
 	return nil
 }
 
-
 // Close stops everything, the edge first (it drains), then the apps, the
 // IdP and the store.
 func (e *Env) Close(ctx context.Context) error {
