@@ -31,7 +31,7 @@ type Event struct {
 	Method   string        `json:"method,omitempty"`
 	Host     string        `json:"host,omitempty"`
 	Path     string        `json:"path,omitempty"`
-	Source   string        `json:"source,omitempty"` // client address
+	Source   string        `json:"source,omitempty"` // client address; for signal events, the sender (falco, …)
 	Decision string        `json:"decision"`         // "allow" or "deny"
 	Rule     string        `json:"rule,omitempty"`
 	Reason   string        `json:"reason,omitempty"`
