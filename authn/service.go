@@ -491,18 +491,27 @@ func (s *Service) refreshAsync(sess *Session) {
 func (s *Service) refresh(sess *Session) {
 	ctx, cancel := context.WithTimeout(s.ctx, refreshCallTimeout)
 	defer cancel()
+	if err := s.refreshSession(ctx, sess); err != nil && !errors.Is(err, ErrNoSession) {
+		s.logger.Warn("token refresh failed; will retry", "session", sess.Ref(), "err", err)
+		return
+	}
+	s.doneRefreshing(sess.Key)
+}
+
+// refreshSession refreshes sess's tokens and identity at the IdP now and
+// stores the result. A refresh the IdP refuses ends the session
+// (ErrNoSession).
+func (s *Service) refreshSession(ctx context.Context, sess *Session) error {
 	id, toks, err := s.rp.Refresh(ctx, sess.RefreshToken, sess.Identity.Subject)
 	if err != nil {
 		if IsInvalidGrant(err) {
-			s.doneRefreshing(sess.Key)
 			s.logger.Info("session ended: IdP refused the refresh", "session", sess.Ref(), "user", sess.Identity.Subject)
 			if rerr := s.sessions.Revoke(ctx, sess.Key); rerr != nil {
 				s.logger.Error("revoke session after refused refresh", "session", sess.Ref(), "err", rerr)
 			}
-		} else {
-			s.logger.Warn("token refresh failed; will retry", "session", sess.Ref(), "err", err)
+			return ErrNoSession
 		}
-		return
+		return err
 	}
 	cp := *sess
 	cp.Identity = id
@@ -512,10 +521,35 @@ func (s *Service) refresh(sess *Session) {
 	}
 	cp.RefreshAt = toks.refreshAt()
 	if err := s.sessions.Update(ctx, &cp); err != nil {
-		s.logger.Warn("store refreshed session", "session", sess.Ref(), "err", err)
-		return
+		return fmt.Errorf("store refreshed session: %w", err)
 	}
-	s.doneRefreshing(sess.Key)
+	return nil
+}
+
+// RefreshUser refreshes, now and one after another, every session of the
+// user with OIDC subject sub, so that attribute changes at the IdP take
+// effect at once (an admin action after a role change). It returns how
+// many sessions were refreshed; sessions the IdP refused are ended.
+func (s *Service) RefreshUser(ctx context.Context, sub string) (refreshed, ended int, err error) {
+	found, err := s.sessions.Matching(ctx, func(x *Session) bool { return x.Identity.Subject == sub })
+	if err != nil {
+		return 0, 0, err
+	}
+	var errs []error
+	for _, sess := range found {
+		rctx, cancel := context.WithTimeout(ctx, refreshCallTimeout)
+		err := s.refreshSession(rctx, sess)
+		cancel()
+		switch {
+		case err == nil:
+			refreshed++
+		case errors.Is(err, ErrNoSession):
+			ended++
+		default:
+			errs = append(errs, fmt.Errorf("session %s: %w", sess.Ref(), err))
+		}
+	}
+	return refreshed, ended, errors.Join(errs...)
 }
 
 // doneRefreshing forgets a session's refresh attempt. A failed attempt is

@@ -160,6 +160,7 @@ type Sessions struct {
 
 	onRevokeMu sync.RWMutex
 	onRevoke   []func(key string)
+	onUpdate   []func(s *Session)
 
 	wg      sync.WaitGroup // background touches
 	touchMu sync.Mutex     // serialises last-seen write-backs
@@ -179,6 +180,15 @@ func NewSessions(st store.Store, cfg SessionsConfig, logger *slog.Logger) *Sessi
 func (m *Sessions) OnRevoke(fn func(key string)) {
 	m.onRevokeMu.Lock()
 	m.onRevoke = append(m.onRevoke, fn)
+	m.onRevokeMu.Unlock()
+}
+
+// OnUpdate registers fn to be called with every session whose record
+// Update replaced (a token refresh brought new attributes), so live
+// connections can be re-authorized with the new identity.
+func (m *Sessions) OnUpdate(fn func(s *Session)) {
+	m.onRevokeMu.Lock()
+	m.onUpdate = append(m.onUpdate, fn)
 	m.onRevokeMu.Unlock()
 }
 
@@ -265,6 +275,12 @@ func (m *Sessions) Update(ctx context.Context, s *Session) error {
 		m.drop(s.Key)
 		return fmt.Errorf("update session %s: %w", s.Ref(), err)
 	}
+	m.onRevokeMu.RLock()
+	fns := m.onUpdate
+	m.onRevokeMu.RUnlock()
+	for _, fn := range fns {
+		fn(s)
+	}
 	return nil
 }
 
@@ -288,26 +304,37 @@ func (m *Sessions) Revoke(ctx context.Context, key string) error {
 // reports how many it revoked. It scans the store: used by back-channel
 // logout and admin actions, not per request.
 func (m *Sessions) RevokeMatching(ctx context.Context, match func(*Session) bool) (int, error) {
-	var keys []string
+	found, err := m.Matching(ctx, match)
+	if err != nil {
+		return 0, err
+	}
+	for _, s := range found {
+		if err := m.Revoke(ctx, s.Key); err != nil {
+			return 0, err
+		}
+	}
+	return len(found), nil
+}
+
+// Matching returns the stored sessions for which match returns true
+// (without their secret IDs). It scans the store: for admin actions, not
+// per request.
+func (m *Sessions) Matching(ctx context.Context, match func(*Session) bool) ([]*Session, error) {
+	var found []*Session
 	err := m.st.List(ctx, bucketSessions, "", func(key string, v []byte) bool {
 		var s Session
 		if json.Unmarshal(v, &s) == nil {
 			s.Key = key
 			if match(&s) {
-				keys = append(keys, key)
+				found = append(found, &s)
 			}
 		}
 		return true
 	})
 	if err != nil {
-		return 0, fmt.Errorf("list sessions: %w", err)
+		return nil, fmt.Errorf("list sessions: %w", err)
 	}
-	for _, k := range keys {
-		if err := m.Revoke(ctx, k); err != nil {
-			return 0, err
-		}
-	}
-	return len(keys), nil
+	return found, nil
 }
 
 // Wait blocks until background writes finish (shutdown, tests).

@@ -14,11 +14,11 @@ func benchPolicy(b *testing.B) *Policy {
 	apps := make([]AppRules, nApps)
 	for i := range apps {
 		rules := make([]Rule, nRules)
-		rules[0] = Rule{Name: "no-contractors-admin", Action: ActionDeny, Groups: []string{"contractors"}, Paths: []string{"/admin"}}
+		rules[0] = Rule{Name: "no-contractors-admin", Action: ActionDeny, Groups: []string{"idp:contractors"}, Paths: []string{"/admin"}}
 		for j := 1; j < nRules-1; j++ {
 			r := Rule{
 				Name:   fmt.Sprintf("rule-%d", j),
-				Groups: []string{fmt.Sprintf("g%03d", (i*7+j*13)%nGroups), fmt.Sprintf("g%03d", (i*11+j*17)%nGroups)},
+				Groups: []string{fmt.Sprintf("idp:g%03d", (i*7+j*13)%nGroups), fmt.Sprintf("idp:g%03d", (i*11+j*17)%nGroups)},
 				Paths:  []string{fmt.Sprintf("/section-%d", j)},
 			}
 			if j%3 == 0 {
@@ -29,10 +29,10 @@ func benchPolicy(b *testing.B) *Policy {
 			}
 			rules[j] = r
 		}
-		rules[nRules-1] = Rule{Name: "staff-public", Groups: []string{"all-staff"}, Paths: []string{"/public"}}
+		rules[nRules-1] = Rule{Name: "staff-public", Groups: []string{"idp:all-staff"}, Paths: []string{"/public"}}
 		apps[i] = AppRules{App: fmt.Sprintf("app-%03d", i), Rules: rules}
 	}
-	p, err := Compile(apps)
+	p, err := compileApps(apps)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -63,7 +63,7 @@ func refMatches(ru Rule, r Request) bool {
 		return false
 	}
 	if len(ru.Groups) > 0 && !refAny(ru.Groups, func(g string) bool {
-		return refAny(s.Groups, func(sg string) bool { return sg == g })
+		return refAny(s.Groups, func(sg string) bool { return idpPrefix+sg == g })
 	}) {
 		return false
 	}
@@ -137,7 +137,7 @@ func randomPolicy(rnd *rand.Rand, nApps, maxRules int) []AppRules {
 			r := Rule{
 				Name:    "r" + strconv.Itoa(j),
 				Users:   pick(rnd, vocabUsers, 1),
-				Groups:  pick(rnd, vocabGroups, 2),
+				Groups:  idpAll(pick(rnd, vocabGroups, 2)),
 				Methods: pick(rnd, vocabMethods, 2),
 				Paths:   pick(rnd, vocabPaths, 2),
 			}
@@ -151,6 +151,14 @@ func randomPolicy(rnd *rand.Rand, nApps, maxRules int) []AppRules {
 		}
 	}
 	return apps
+}
+
+// idpAll writes group claims as rules name them.
+func idpAll(gs []string) []string {
+	for i := range gs {
+		gs[i] = idpPrefix + gs[i]
+	}
+	return gs
 }
 
 func randomRequest(rnd *rand.Rand, nApps int) Request {
@@ -204,7 +212,7 @@ func TestDecideMatchesReference(t *testing.T) {
 			maxRules = 1100
 		}
 		apps := randomPolicy(rnd, 3, maxRules)
-		p, err := Compile(apps)
+		p, err := compileApps(apps)
 		if err != nil {
 			t.Fatalf("round %d: Compile: %v", round, err)
 		}
@@ -237,7 +245,7 @@ func FuzzDecide(f *testing.F) {
 	f.Fuzz(func(t *testing.T, seed uint64, path, method string) {
 		rnd := rand.New(rand.NewPCG(seed, seed>>32))
 		apps := randomPolicy(rnd, 2, 80)
-		p, err := Compile(apps)
+		p, err := compileApps(apps)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -266,7 +274,7 @@ func TestNilPolicyDenies(t *testing.T) {
 }
 
 func TestDefaultDenyReasonIsBounded(t *testing.T) {
-	p, err := Compile([]AppRules{{App: "wiki"}})
+	p, err := compileApps([]AppRules{{App: "wiki"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -290,10 +298,10 @@ func TestDefaultDenyReasonIsBounded(t *testing.T) {
 // TestDecideDoesNotAllocate pins the hot-path promise: an allow, or a deny
 // by a rule, costs no allocation.
 func TestDecideDoesNotAllocate(t *testing.T) {
-	p, err := Compile([]AppRules{{App: "wiki", Rules: []Rule{
-		{Name: "no-admin", Action: ActionDeny, Groups: []string{"contractors"}, Paths: []string{"/admin"}},
+	p, err := compileApps([]AppRules{{App: "wiki", Rules: []Rule{
+		{Name: "no-admin", Action: ActionDeny, Groups: []string{"idp:contractors"}, Paths: []string{"/admin"}},
 		{Name: "bob", Users: []string{"bob@example.com"}, Methods: []string{"GET", "PROPFIND"}},
-		{Name: "eng", Groups: []string{"eng"}, Methods: []string{"GET", "POST"}, Paths: []string{"/docs", "=/"}},
+		{Name: "eng", Groups: []string{"idp:eng"}, Methods: []string{"GET", "POST"}, Paths: []string{"/docs", "=/"}},
 	}}})
 	if err != nil {
 		t.Fatal(err)
@@ -328,7 +336,7 @@ func TestDecideDoesNotAllocate(t *testing.T) {
 func TestDecideConcurrent(t *testing.T) {
 	rnd := rand.New(rand.NewPCG(7, 7))
 	apps := randomPolicy(rnd, 4, 100)
-	p, err := Compile(apps)
+	p, err := compileApps(apps)
 	if err != nil {
 		t.Fatal(err)
 	}

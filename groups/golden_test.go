@@ -3,33 +3,67 @@ package groups
 import (
 	"errors"
 	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
 
-// goldenFile is the format of testdata/*.yaml: a policy and the decisions it
-// must make. Unknown fields are errors, so a typo cannot silently drop a
-// condition from a case.
+// goldenFile is the format of testdata/*.yaml: a policy file and the
+// decisions it must make. Unknown fields are errors, so a typo cannot
+// silently drop a condition from a case.
 type goldenFile struct {
-	Policy []AppRules   `yaml:"policy"`
+	Policy File         `yaml:"policy"`
 	Cases  []goldenCase `yaml:"cases"`
 }
 
 type goldenCase struct {
-	Name   string   `yaml:"name"`
-	User   string   `yaml:"user"`
-	Email  string   `yaml:"email"`
-	Groups []string `yaml:"groups"`
-	App    string   `yaml:"app"`
-	Method string   `yaml:"method"`
-	Path   string   `yaml:"path"`
-	Want   string   `yaml:"want"`   // "allow" or "deny"
-	Rule   string   `yaml:"rule"`   // the deciding rule; "" (or absent) for a deny by no rule
-	Reason string   `yaml:"reason"` // a substring of Decision.Reason
+	Name       string            `yaml:"name"`
+	User       string            `yaml:"user"`
+	Email      string            `yaml:"email"`
+	Groups     []string          `yaml:"groups"`
+	Attributes map[string]string `yaml:"attributes"`
+	Device     *goldenDevice     `yaml:"device"`
+	Source     string            `yaml:"source"`
+	Time       string            `yaml:"time"`
+	App        string            `yaml:"app"`
+	Method     string            `yaml:"method"`
+	Path       string            `yaml:"path"`
+	Want       string            `yaml:"want"`   // "allow" or "deny"
+	Rule       string            `yaml:"rule"`   // the deciding rule; "" (or absent) for a deny by no rule
+	Reason     string            `yaml:"reason"` // a substring of Decision.Reason
+}
+
+type goldenDevice struct {
+	ID       string   `yaml:"id"`
+	Platform string   `yaml:"platform"`
+	Profiles []string `yaml:"profiles"`
+}
+
+// goldenTime is when a case happens unless it says: a Monday morning in
+// Seoul.
+var goldenTime = time.Date(2026, 11, 23, 10, 0, 0, 0, time.FixedZone("KST", 9*3600))
+
+// goldenCountries is the golden runner's GeoIP: a fixed table (GeoIP itself
+// is tested against a real MaxMind database in geoip_test.go).
+type goldenCountries map[netip.Prefix]string
+
+func (g goldenCountries) Country(a netip.Addr) (string, bool) {
+	for p, c := range g {
+		if p.Contains(a) {
+			return c, true
+		}
+	}
+	return "", false
+}
+
+var goldenGeo = goldenCountries{
+	netip.MustParsePrefix("203.0.113.0/24"):  "KR",
+	netip.MustParsePrefix("198.51.100.0/24"): "US",
 }
 
 func loadGolden(t *testing.T, file string) goldenFile {
@@ -63,6 +97,36 @@ func loadGolden(t *testing.T, file string) goldenFile {
 	return g
 }
 
+// request builds the Request a golden case describes.
+func (c *goldenCase) request(t *testing.T) Request {
+	t.Helper()
+	req := Request{
+		App:     c.App,
+		Subject: Subject{User: c.User, Email: c.Email, Groups: c.Groups, Attributes: c.Attributes},
+		Method:  c.Method,
+		Path:    c.Path,
+		Time:    goldenTime,
+	}
+	if c.Device != nil {
+		req.Device = &Device{ID: c.Device.ID, Platform: c.Device.Platform, Profiles: c.Device.Profiles}
+	}
+	if c.Source != "" {
+		a, err := netip.ParseAddr(c.Source)
+		if err != nil {
+			t.Fatalf("source: %v", err)
+		}
+		req.Source = a
+	}
+	if c.Time != "" {
+		tm, err := time.Parse(time.RFC3339, c.Time)
+		if err != nil {
+			t.Fatalf("time: %v", err)
+		}
+		req.Time = tm
+	}
+	return req
+}
+
 func TestGoldenDecisions(t *testing.T) {
 	files, err := filepath.Glob(filepath.Join("testdata", "*.yaml"))
 	if err != nil {
@@ -74,7 +138,9 @@ func TestGoldenDecisions(t *testing.T) {
 	for _, file := range files {
 		t.Run(filepath.Base(file), func(t *testing.T) {
 			g := loadGolden(t, file)
-			p, err := Compile(g.Policy)
+			var src Source
+			src.AddFile(nil, &g.Policy)
+			p, err := Compile(&src, Options{GeoIP: goldenGeo})
 			if err != nil {
 				t.Fatalf("Compile: %v", err)
 			}
@@ -85,17 +151,16 @@ func TestGoldenDecisions(t *testing.T) {
 				}
 				seen[c.Name] = true
 				t.Run(c.Name, func(t *testing.T) {
-					req := Request{
-						App:     c.App,
-						Subject: Subject{User: c.User, Email: c.Email, Groups: c.Groups},
-						Method:  c.Method,
-						Path:    c.Path,
-					}
+					req := c.request(t)
 					got := p.Decide(req)
 					if got.Allow != (c.Want == "allow") || got.Rule != c.Rule || !strings.Contains(got.Reason, c.Reason) {
-						t.Errorf("%s %s %s as user=%q email=%q groups=%q:\n got %s rule=%q reason=%q\nwant %s rule=%q reason containing %q",
-							c.App, c.Method, c.Path, c.User, c.Email, c.Groups,
+						t.Errorf("%s %s %s as user=%q email=%q groups=%q attrs=%v:\n got %s rule=%q reason=%q\nwant %s rule=%q reason containing %q",
+							c.App, c.Method, c.Path, c.User, c.Email, c.Groups, c.Attributes,
 							verdict(got.Allow), got.Rule, got.Reason, c.Want, c.Rule, c.Reason)
+					}
+					// Explain must tell the same story as Decide.
+					if x := p.Explain(req); x.Decision != got {
+						t.Errorf("Explain decided %+v, Decide %+v", x.Decision, got)
 					}
 				})
 			}

@@ -10,7 +10,7 @@ import (
 
 // Rule is one line of an app's policy. A rule matches a request when every
 // non-empty condition matches; an empty condition matches anything. In
-// particular, a rule with neither Users nor Groups matches every
+// particular, a rule with no Users, Groups or AllGroups matches every
 // authenticated user: that is how an app is opened to everyone who is signed
 // in. A rule with both Users and Groups requires both (the subject is one of
 // Users AND a member of one of Groups).
@@ -26,28 +26,72 @@ type Rule struct {
 	// case-insensitively in ASCII; the entry is also compared exactly with
 	// the user ID, for IdPs whose subject is an email address).
 	Users []string `yaml:"users"`
-	// Groups lists IdP group names, compared exactly; the condition matches
-	// if the subject is in any of them.
+	// Groups names policy groups (see Group) and IdP group claims written
+	// "idp:NAME"; the condition matches if the subject is in any of them.
 	Groups []string `yaml:"groups"`
+	// AllGroups is like Groups but the subject must be in every one.
+	AllGroups []string `yaml:"all_groups"`
 	// Methods lists HTTP methods. They are upper-cased here and compared
 	// case-insensitively with the request, so that a deny on DELETE cannot
 	// be sidestepped by sending "delete" to an upstream that accepts it.
 	Methods []string `yaml:"methods"`
 	// Paths lists request paths. "/api" matches "/api" and everything below
 	// it on a segment boundary ("/api/x"), but not "/apix"; "/" matches every
-	// path. "=/api" matches exactly "/api". Paths are compared byte for byte
-	// (case-sensitively) with the canonical request path, so they must
-	// themselves be canonical: no "..", "." segments, "//", "\", "%", "?",
-	// "#", wildcards or, for prefixes, a trailing "/".
+	// path. "=/api" matches exactly "/api". A pattern with "*" is a glob
+	// matched against the whole path: "*" stays within one segment, "**"
+	// spans segments ("/api/*/orders", "/files/**/*.pdf"). Paths are compared
+	// byte for byte (case-sensitively) with the canonical request path, so
+	// they must themselves be canonical: no "..", "." segments, "//", "\",
+	// "%", "?", "#" or, for prefixes, a trailing "/".
 	Paths []string `yaml:"paths"`
+	// Time lists time windows (days, from–to, zone); the rule applies only
+	// inside one of them.
+	Time []TimeWindow `yaml:"time"`
+	// Networks lists source networks (CIDRs) the request must come from.
+	Networks []string `yaml:"networks"`
+	// Countries lists ISO 3166-1 alpha-2 codes the source address must be
+	// located in (policy.geoip_file). For an allow rule an address of
+	// unknown location does not match; for a deny rule it does: unknown is
+	// never an excuse to let a request through.
+	Countries []string `yaml:"countries"`
+	// Posture names a posture profile the device must meet now: the
+	// request must come from an enrolled device whose latest report passes
+	// it.
+	Posture string `yaml:"posture"`
+	// DeviceRequired requires an enrolled device's certificate.
+	DeviceRequired bool `yaml:"device_required"`
 }
 
 // AppRules is the policy of one app: its rules, evaluated as a set (deny
 // wins, then the first matching allow rule, else deny). An app with no rules
-// denies everything.
+// denies everything. Several AppRules may name the same app (say, one per
+// policy file); their rules are joined in order.
 type AppRules struct {
 	App   string `yaml:"app"`
 	Rules []Rule `yaml:"rules"`
+}
+
+// Group is a dynamic group: a subject is a member when its attributes
+// satisfy When, when it is one of Members, or when it is a member of a
+// group in Include. Membership is evaluated per request from the subject's
+// current attributes, so a changed attribute moves access at once.
+type Group struct {
+	Name        string `yaml:"name"`
+	Description string `yaml:"description"`
+	// When is a condition over user and device attributes, e.g.
+	// `user.department == "Security Tech" and user.title in ["Engineer"]`.
+	When string `yaml:"when"`
+	// Members lists user IDs and email addresses (as in Rule.Users).
+	Members []string `yaml:"members"`
+	// Include names other groups (or "idp:NAME" claims) whose members are
+	// members of this one. Cycles are rejected.
+	Include []string `yaml:"include"`
+}
+
+// File is the schema of one policy file of a policy directory.
+type File struct {
+	Groups []Group    `yaml:"groups"`
+	Apps   []AppRules `yaml:"apps"`
 }
 
 // Rule actions.
@@ -96,145 +140,29 @@ func (e *RuleError) Error() string {
 	return b.String()
 }
 
-// Compile validates apps and builds the immutable Policy that decides
-// requests. It returns the first problem found as a *RuleError and retains
-// nothing from its argument.
-func Compile(apps []AppRules) (*Policy, error) {
-	p := &Policy{apps: make(map[string]*app, len(apps))}
-	firstIndex := make(map[string]int, len(apps))
-	for i, ar := range apps {
-		if msg := checkName(ar.App); msg != "" {
-			return nil, &RuleError{AppIndex: i, App: printableOrEmpty(ar.App), Rule: -1, Field: "app", Msg: msg}
-		}
-		if prev, dup := firstIndex[ar.App]; dup {
-			return nil, &RuleError{AppIndex: i, App: ar.App, Rule: -1, Field: "app",
-				Msg: fmt.Sprintf("duplicate app (also apps[%d])", prev)}
-		}
-		firstIndex[ar.App] = i
-		a, err := compileApp(i, ar)
-		if err != nil {
-			return nil, err
-		}
-		p.apps[ar.App] = a
-	}
-	return p, nil
+// GroupError is a validation error in a group: groups[Index].<Field>.
+type GroupError struct {
+	Index int    // index into the groups given to Compile
+	Name  string // the group's name when it is valid, else ""
+	Field string // "name", "when", "members[0]", "include[1]"…; "" for the group as a whole
+	Msg   string
 }
 
-// printableOrEmpty keeps an invalid app name out of the error text when it
-// would make the message unreadable; the index still locates it.
-func printableOrEmpty(s string) string {
-	if checkName(s) == "" {
-		return s
+func (e *GroupError) Error() string {
+	var b strings.Builder
+	if e.Name != "" {
+		b.WriteString("group ")
+		b.WriteString(strconv.Quote(e.Name))
+	} else {
+		fmt.Fprintf(&b, "groups[%d]", e.Index)
 	}
-	return ""
-}
-
-func compileApp(i int, ar AppRules) (*app, error) {
-	n := len(ar.Rules)
-	words := (n + 63) / 64
-	a := &app{
-		name:        ar.App,
-		words:       words,
-		rules:       make([]rule, n),
-		deny:        make([]uint64, words),
-		allow:       make([]uint64, words),
-		needUser:    make([]uint64, words),
-		needGroup:   make([]uint64, words),
-		byUser:      map[string]uint32{},
-		byEmail:     map[string]uint32{},
-		byGroup:     map[string]uint32{},
-		noRule:      "no rule of app " + strconv.Quote(ar.App) + " allows ",
-		notSignedIn: "app " + strconv.Quote(ar.App) + " requires a signed-in user",
+	b.WriteString(": ")
+	if e.Field != "" {
+		b.WriteString(e.Field)
+		b.WriteString(": ")
 	}
-	seen := make(map[string]int, n)
-	for j, r := range ar.Rules {
-		fail := func(field, msg string) error {
-			// A human looks for the rule by name; the loader uses the index.
-			return &RuleError{AppIndex: i, App: ar.App, Rule: j, RuleName: printableOrEmpty(r.Name), Field: field, Msg: msg}
-		}
-		if msg := checkName(r.Name); msg != "" {
-			return nil, fail("name", msg)
-		}
-		if prev, dup := seen[r.Name]; dup {
-			return nil, fail("name", fmt.Sprintf("duplicate rule name %q (also rules[%d])", r.Name, prev))
-		}
-		seen[r.Name] = j
-		w, bit := j/64, uint64(1)<<(j%64)
-		cr := rule{name: r.Name}
-		switch r.Action {
-		case "", ActionAllow:
-			a.allow[w] |= bit
-			cr.reason = "allowed by rule " + strconv.Quote(r.Name)
-		case ActionDeny:
-			a.deny[w] |= bit
-			cr.reason = "denied by rule " + strconv.Quote(r.Name)
-		default:
-			return nil, fail("action", fmt.Sprintf(`must be "allow" or "deny", not %q`, r.Action))
-		}
-		for k, u := range r.Users {
-			field := fmt.Sprintf("users[%d]", k)
-			if msg := checkEntry(u); msg != "" {
-				return nil, fail(field, msg)
-			}
-			a.setBit(a.byUser, u, w, bit)
-			if strings.Contains(u, "@") {
-				a.setBit(a.byEmail, lowerASCII(u), w, bit)
-			}
-		}
-		if len(r.Users) > 0 {
-			a.needUser[w] |= bit
-		}
-		for k, g := range r.Groups {
-			if msg := checkEntry(g); msg != "" {
-				return nil, fail(fmt.Sprintf("groups[%d]", k), msg)
-			}
-			a.setBit(a.byGroup, g, w, bit)
-		}
-		if len(r.Groups) > 0 {
-			a.needGroup[w] |= bit
-		}
-		cr.anyMethod = len(r.Methods) == 0
-		for k, m := range r.Methods {
-			if !isToken(m) {
-				return nil, fail(fmt.Sprintf("methods[%d]", k), fmt.Sprintf("%q is not an HTTP method token", m))
-			}
-			m = strings.ToUpper(m) // a token is ASCII
-			if b := methodBit(m); b != 0 {
-				cr.methods |= b
-			} else {
-				cr.otherMethods = append(cr.otherMethods, m)
-			}
-		}
-		cr.anyPath = len(r.Paths) == 0
-		for k, pth := range r.Paths {
-			exact, msg := checkRulePath(pth)
-			if msg != "" {
-				return nil, fail(fmt.Sprintf("paths[%d]", k), msg)
-			}
-			switch {
-			case exact != "":
-				cr.exact = append(cr.exact, exact)
-			case pth == "/":
-				cr.anyPath = true
-			default:
-				cr.prefixes = append(cr.prefixes, pth)
-			}
-		}
-		a.rules[j] = cr
-	}
-	return a, nil
-}
-
-// setBit marks rule bit (in word w) in the bitset that m holds for key,
-// creating the bitset in the app's pool on first use.
-func (a *app) setBit(m map[string]uint32, key string, w int, bit uint64) {
-	off, ok := m[key]
-	if !ok {
-		off = uint32(len(a.pool))
-		a.pool = append(a.pool, make([]uint64, a.words)...)
-		m[key] = off
-	}
-	a.pool[int(off)+w] |= bit
+	b.WriteString(e.Msg)
+	return b.String()
 }
 
 // checkName validates an app or rule name and returns "" or what is wrong.
@@ -274,50 +202,6 @@ func checkText(s string) string {
 	return ""
 }
 
-// checkRulePath validates one entry of Rule.Paths. For "=/x" it returns the
-// exact path "/x"; for a prefix it returns "". msg is "" when p is valid.
-func checkRulePath(p string) (exact, msg string) {
-	body := p
-	isExact := strings.HasPrefix(p, "=")
-	if isExact {
-		body = p[1:]
-	}
-	if !strings.HasPrefix(body, "/") {
-		return "", `must start with "/" (or "=/" for an exact path)`
-	}
-	if strings.HasSuffix(body, "*") {
-		prefix := strings.TrimRight(strings.TrimRight(body, "*"), "/")
-		if prefix == "" {
-			prefix = "/"
-		}
-		return "", fmt.Sprintf(`%q: wildcards are not supported; %q already matches everything below it`, p, prefix)
-	}
-	for _, c := range []string{"..", "//", `\`, "%", "?", "#", "*"} {
-		if strings.Contains(body, c) {
-			return "", fmt.Sprintf("%q is not canonical: contains %q", p, c)
-		}
-	}
-	if body == "/." || strings.HasSuffix(body, "/.") || strings.Contains(body, "/./") {
-		return "", fmt.Sprintf(`%q is not canonical: contains a "." segment`, p)
-	}
-	for i := 0; i < len(body); i++ {
-		if c := body[i]; c <= ' ' || c == 0x7f {
-			return "", fmt.Sprintf("%q contains a space or control character", p)
-		}
-	}
-	if !utf8.ValidString(body) {
-		return "", fmt.Sprintf("%q is not valid UTF-8", p)
-	}
-	if isExact {
-		return body, ""
-	}
-	if len(body) > 1 && strings.HasSuffix(body, "/") {
-		return "", fmt.Sprintf(`%q has a trailing "/": write %q, which matches it and everything below it, or %q for exactly this path`,
-			p, strings.TrimSuffix(body, "/"), "="+body)
-	}
-	return "", ""
-}
-
 // isToken reports whether s is an RFC 9110 token, the syntax of a method.
 func isToken(s string) bool {
 	if s == "" {
@@ -350,4 +234,13 @@ func lowerASCII(s string) string {
 		}
 	}
 	return string(b)
+}
+
+// printableOrEmpty keeps an invalid name out of the error text when it
+// would make the message unreadable; the index still locates it.
+func printableOrEmpty(s string) string {
+	if checkName(s) == "" {
+		return s
+	}
+	return ""
 }

@@ -25,7 +25,7 @@ const (
 	PathSignalsFalco = "/api/signals/falco" // Falcosidekick webhook output
 	PathQuarantine   = "/api/quarantine"    // admin: list quarantines
 	pathDevicesAPI   = "/api/devices/"      // admin: /api/devices/ID/{quarantine,release,revoke}
-	pathUsersAPI     = "/api/users/"        // admin: /api/users/ID/release
+	pathUsersAPI     = "/api/users/"        // admin: /api/users/ID/release, /api/users/ID/refresh
 	apiPrefix        = "/api/"
 )
 
@@ -200,6 +200,7 @@ func deviceIDs(ds []*posture.Device) []string {
 //	POST /api/devices/ID/release           lift the device's quarantine
 //	POST /api/devices/ID/revoke            {"reason": "..."}
 //	POST /api/users/ID/release             lift the user's quarantine
+//	POST /api/users/ID/refresh             re-read the user's attributes from the IdP now
 func (e *Edge) serveAdmin(w http.ResponseWriter, r *http.Request, st *State) error {
 	if err := bearer(w, r, st.adminToken, "admin"); err != nil {
 		return err
@@ -273,6 +274,22 @@ func (e *Edge) serveAdmin(w http.ResponseWriter, r *http.Request, st *State) err
 		}
 		e.opts.Audit.Record(audit.Event{Time: time.Now(), Kind: "admin", Decision: action, Device: id, Reason: reason})
 		return writeJSON(w, http.StatusOK, map[string]any{action: id})
+	case kind == posture.QuarantineUser && action == "refresh":
+		// A role change at the IdP (or the directory behind it) takes
+		// effect now: every session of the user refreshes its tokens and
+		// attributes, and each refresh re-decides its live connections.
+		refreshed, ended, err := st.auth.RefreshUser(ctx, id)
+		e.opts.Audit.Record(audit.Event{Time: time.Now(), Kind: "admin", Decision: "refresh", User: id, Reason: req.Reason})
+		if err != nil && refreshed == 0 && ended == 0 {
+			return &httperr.Error{Status: http.StatusBadGateway, Code: "refresh_failed", Title: "Refresh failed",
+				Message: "The IdP could not be asked for the user's attributes.", Cause: err}
+		}
+		out := map[string]any{"user": id, "refreshed": refreshed, "ended": ended}
+		if err != nil {
+			e.logger.Warn("refresh some sessions failed", "user", id, "err", err)
+			out["failed"] = true
+		}
+		return writeJSON(w, http.StatusOK, out)
 	}
 	return httperr.New(http.StatusNotFound, "not_found", "No such API.")
 }

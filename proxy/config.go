@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -45,6 +44,11 @@ type Config struct {
 	// Apps are the internal apps the edge serves. Default deny: an app
 	// without rules is reachable by nobody.
 	Apps []AppConfig `yaml:"apps"`
+	// Groups are dynamic groups that apps' rules name (see README, "Policy
+	// language"). More groups and rules can come from policy.dir.
+	Groups []groups.Group `yaml:"groups"`
+	// Policy configures where else policy comes from.
+	Policy PolicyConfig `yaml:"policy"`
 	// Log configures the process log and the audit log.
 	Log LogConfig `yaml:"log"`
 	// Pool bounds the per-identity upstream pools of proxy_protocol apps.
@@ -61,8 +65,29 @@ type Config struct {
 	Admin AdminConfig `yaml:"admin"`
 
 	// sourceHash is the SHA-256 of the file the config was loaded from
-	// (nil for configs built in code): the baseline of the file watcher.
+	// and of the policy dir's files (nil for configs built in code): the
+	// baseline of the file watcher.
 	sourceHash []byte
+	// doc is the parsed file, so that policy errors name its lines.
+	doc *config.Doc
+	// policy is the policy compiled when the config was validated, and
+	// policyHash the hash of policy.dir's files it was compiled from.
+	policy     *groups.Policy
+	policyHash []byte
+}
+
+// PolicyConfig says where policy comes from besides this file.
+type PolicyConfig struct {
+	// Dir is a GitOps policy directory: every *.yaml file below it (not
+	// *_test.yaml, not hidden) holds groups and app rules, joined with
+	// those of this file. It is watched with the config and hot-reloaded;
+	// an invalid change is rejected whole and the previous policy keeps
+	// serving. "" → policy only from this file.
+	Dir string `yaml:"dir"`
+	// GeoIPFile is a MaxMind-format country database (GeoLite2-Country or
+	// GeoIP2-Country .mmdb) for rules with countries. "" → rules may not
+	// use countries. Read with the policy.
+	GeoIPFile string `yaml:"geoip_file"`
 }
 
 // DevicesConfig configures device trust.
@@ -222,8 +247,7 @@ func LoadConfig(path string) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	h := sha256.Sum256(data)
-	c.sourceHash = h[:]
+	c.sourceHash = sourcesHash(data, c.policyHash)
 	return c, nil
 }
 
@@ -249,13 +273,15 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.doc = doc
 	if err := c.validate(doc); err != nil {
 		return nil, err
 	}
 	return &c, nil
 }
 
-// Validate checks a config built in code (`ztna dev`, tests).
+// Validate checks a config built in code (`ztna dev`, tests), including
+// its policy.
 func (c *Config) Validate() error { return c.validate(nil) }
 
 // fieldError is a validation failure at a YAML path.
@@ -265,14 +291,18 @@ type fieldError struct {
 }
 
 func (c *Config) validate(doc *config.Doc) error {
-	fe := c.check()
-	if fe == nil {
-		return nil
+	if fe := c.check(); fe != nil {
+		if doc != nil {
+			return doc.Errorf(fe.path, "%s", fe.msg)
+		}
+		return fmt.Errorf("%s: %s", fe.path, fe.msg)
 	}
-	if doc != nil {
-		return doc.Errorf(fe.path, "%s", fe.msg)
+	p, err := c.compilePolicy()
+	if err != nil {
+		return &PolicyError{err}
 	}
-	return fmt.Errorf("%s: %s", fe.path, fe.msg)
+	c.policy = p
+	return nil
 }
 
 func (c *Config) check() *fieldError {
@@ -412,29 +442,47 @@ func (c *Config) check() *fieldError {
 			return &fieldError{at("upstream_client_cert_file"), "only applies to https upstreams"}
 		}
 	}
-	if _, err := groups.Compile(appRules(c.Apps)); err != nil {
-		if re, ok := err.(*groups.RuleError); ok {
-			p := fmt.Sprintf("apps[%d].rules", re.AppIndex)
-			if re.Rule >= 0 {
-				p = fmt.Sprintf("%s[%d]", p, re.Rule)
-				if re.Field != "" {
-					p += "." + re.Field
-				}
-			}
-			return &fieldError{p, re.Msg}
-		}
-		return &fieldError{"apps", err.Error()}
-	}
 	return nil
 }
 
-func appRules(apps []AppConfig) []groups.AppRules {
-	out := make([]groups.AppRules, len(apps))
-	for i, a := range apps {
-		out[i] = groups.AppRules{App: a.Name, Rules: a.Rules}
+// compilePolicy compiles the policy of the config file and policy.dir.
+// Errors name the file, line and field where the problem was written.
+func (c *Config) compilePolicy() (*groups.Policy, error) {
+	var src groups.Source
+	src.AddGroups(c.doc, "groups", c.Groups)
+	for i, a := range c.Apps {
+		src.AddApp(c.doc, fmt.Sprintf("apps[%d]", i), "name", groups.AppRules{App: a.Name, Rules: a.Rules})
 	}
-	return out
+	if c.Policy.Dir != "" {
+		// Hashed before reading, so that a change made while loading is
+		// seen by the next poll rather than lost.
+		c.policyHash = policyDirHash(c.Policy.Dir)
+		if err := groups.LoadDir(c.Policy.Dir, &src); err != nil {
+			return nil, err
+		}
+	}
+	opt := groups.Options{Apps: make([]string, len(c.Apps)), Profiles: make([]string, len(c.Posture.Profiles))}
+	for i, a := range c.Apps {
+		opt.Apps[i] = a.Name
+	}
+	for i, p := range c.Posture.Profiles {
+		opt.Profiles[i] = p.Name
+	}
+	if c.Policy.GeoIPFile != "" {
+		geo, err := groups.OpenGeoIP(c.Policy.GeoIPFile)
+		if err != nil {
+			return nil, fmt.Errorf("policy.geoip_file: %w", err)
+		}
+		opt.GeoIP = geo
+	}
+	return groups.Compile(&src, opt)
 }
+
+// PolicyError is a config rejected because of its policy.
+type PolicyError struct{ Err error }
+
+func (e *PolicyError) Error() string { return e.Err.Error() }
+func (e *PolicyError) Unwrap() error { return e.Err }
 
 // dataDir returns DataDir or its default.
 func (c *Config) dataDir() string {

@@ -62,7 +62,7 @@ apps:
     upstream_ca_file: /etc/ztna/ca.pem
     rules:
       - name: eng
-        groups: [eng]
+        groups: [idp:eng]
         methods: [get]
         paths: [/docs/a, =/docs]
 `))

@@ -96,6 +96,17 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Edge, error) {
 		e.pools.dropSession(authn.RefOf(key))
 		e.live.revokeSession(key, "session ended")
 	})
+	// A refresh that brings new attributes moves access at once: the
+	// session's live exchanges are decided again with the new identity.
+	e.sessions.OnUpdate(func(sess *authn.Session) {
+		e.assertions.dropSession(sess.Key) // they carry the old identity
+		st, now := e.state.Load(), time.Now()
+		subj := subjectOf(&sess.Identity)
+		e.live.closeSession(sess.Key, func(le *liveEntry) string {
+			le.req.Subject = subj
+			return e.recheck(st, le, now)
+		})
+	})
 	if err := e.Apply(ctx, cfg); err != nil {
 		if e.notifier != nil {
 			e.notifier.Close()
@@ -137,6 +148,10 @@ func (e *Edge) Apply(ctx context.Context, cfg *Config) (err error) {
 		}
 	}()
 	if err := cfg.Validate(); err != nil {
+		var pe *PolicyError
+		if errors.As(err, &pe) {
+			e.metrics.policyReloadErrors.Inc()
+		}
 		return fmt.Errorf("config rejected: %w", err)
 	}
 	if old := e.state.Load(); old != nil {
@@ -155,6 +170,10 @@ func (e *Edge) Apply(ctx context.Context, cfg *Config) (err error) {
 	old := e.state.Swap(st)
 	e.metrics.reloads.WithLabelValues("applied").Inc()
 	e.metrics.configVersion.Set(float64(st.Version))
+	if old == nil || old.policy.Version() != st.policy.Version() {
+		e.metrics.policyInfo.Reset()
+		e.metrics.policyInfo.WithLabelValues(st.policy.Version()).Set(1)
+	}
 	if old != nil {
 		e.live.reevaluate(st.policy, "policy changed")
 		old.close()

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/ztna-dev/ztna/groups"
 )
@@ -82,21 +83,54 @@ func (l *liveRegistry) revokeDevice(id, reason string) {
 	l.closeWhere(func(e *liveEntry) bool { return e.device == id }, reason)
 }
 
-// reevaluate asks the new policy about every live exchange and closes those
-// it no longer allows.
+// reevaluate asks the new policy about every live exchange, at the
+// current time, and closes those it no longer allows.
 func (l *liveRegistry) reevaluate(p groups.Authorizer, reason string) {
-	l.closeWhere(func(e *liveEntry) bool { return !p.Decide(e.req).Allow }, reason)
+	now := time.Now()
+	l.closeWhere(func(e *liveEntry) bool {
+		req := e.req
+		req.Time = now
+		return !p.Decide(req).Allow
+	}, reason)
 }
 
 // closeWhere closes every live exchange for which match is true.
 func (l *liveRegistry) closeWhere(match func(*liveEntry) bool, reason string) {
-	var closed []*liveEntry
+	l.closeEach(func(e *liveEntry) string {
+		if match(e) {
+			return reason
+		}
+		return ""
+	})
+}
+
+// closeEach closes every live exchange for which verdict returns a
+// reason. verdict runs under the registry's lock and may update the
+// entry's request (a session's new identity).
+func (l *liveRegistry) closeEach(verdict func(*liveEntry) string) {
+	l.closeIn(nil, verdict)
+}
+
+// closeSession is closeEach over the exchanges of one session.
+func (l *liveRegistry) closeSession(key string, verdict func(*liveEntry) string) {
+	l.closeIn(&key, verdict)
+}
+
+func (l *liveRegistry) closeIn(only *string, verdict func(*liveEntry) string) {
+	type closing struct {
+		e      *liveEntry
+		reason string
+	}
+	var closed []closing
 	l.mu.Lock()
 	for key, m := range l.bySess {
+		if only != nil && key != *only {
+			continue
+		}
 		for e := range m {
-			if match(e) {
+			if reason := verdict(e); reason != "" {
 				delete(m, e)
-				closed = append(closed, e)
+				closed = append(closed, closing{e, reason})
 			}
 		}
 		if len(m) == 0 {
@@ -104,11 +138,9 @@ func (l *liveRegistry) closeWhere(match func(*liveEntry) bool, reason string) {
 		}
 	}
 	l.mu.Unlock()
-	for _, e := range closed {
-		e.cancel(errors.New(reason))
-	}
-	if len(closed) > 0 {
-		l.logger.Info("closed live connections", "reason", reason, "count", len(closed))
+	for _, c := range closed {
+		c.e.cancel(errors.New(c.reason))
+		l.logger.Info("closed live connection", "reason", c.reason, "app", c.e.req.App, "user", c.e.req.Subject.User)
 	}
 }
 

@@ -100,7 +100,7 @@ func TestLiveRevokeSession(t *testing.T) {
 func TestLiveReevaluate(t *testing.T) {
 	compile := func(apps ...groups.AppRules) *groups.Policy {
 		t.Helper()
-		p, err := groups.Compile(apps)
+		p, err := groups.Compile(&groups.Source{Apps: apps}, groups.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -122,7 +122,7 @@ func TestLiveReevaluate(t *testing.T) {
 	}
 	p := compile(
 		groups.AppRules{App: "wiki", Rules: []groups.Rule{
-			{Name: "eng", Groups: []string{"eng"}},
+			{Name: "eng", Groups: []string{"idp:eng"}},
 			{Name: "no-admin", Action: "deny", Paths: []string{"/admin"}},
 		}},
 		groups.AppRules{App: "docs", Rules: []groups.Rule{{Name: "read", Methods: []string{"GET"}}}},
@@ -196,7 +196,7 @@ func TestLiveCloseAll(t *testing.T) {
 // edge; run them together under -race.
 func TestLiveConcurrent(t *testing.T) {
 	l := newTestRegistry()
-	p, err := groups.Compile([]groups.AppRules{{App: "wiki", Rules: []groups.Rule{{Name: "all"}}}})
+	p, err := groups.Compile(&groups.Source{Apps: []groups.AppRules{{App: "wiki", Rules: []groups.Rule{{Name: "all"}}}}}, groups.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

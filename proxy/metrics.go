@@ -35,6 +35,11 @@ type metrics struct {
 	reloads       *prometheus.CounterVec
 	configVersion prometheus.Gauge
 
+	// Policy: which version decides, and reloads it refused.
+	policyInfo         *prometheus.GaugeVec
+	policyReloadErrors prometheus.Counter
+	policyCompile      prometheus.Gauge
+
 	// Device trust: the seed's KPIs (time to isolate, quarantines,
 	// releases, posture failures by reason).
 	postureFailures *prometheus.CounterVec
@@ -62,6 +67,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "ztna_proxy_config_version", Help: "Version number of the configuration in use (increments per applied load).",
 		}),
 	}
+	m.policyInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "ztna_policy_info", Help: "1 for the policy version in use (a hash of what the policy says; also in audit events).",
+	}, []string{"version"})
+	m.policyReloadErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ztna_policy_reload_errors_total", Help: "Policy (config or policy dir) reloads rejected; the previous policy kept serving.",
+	})
+	m.policyCompile = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "ztna_policy_compile_seconds", Help: "Time the policy in use took to load and compile.",
+	})
 	m.postureFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ztna_posture_failures_total", Help: "Requests refused by the posture step, by failed check (device = no device certificate).",
 	}, []string{"check"})
@@ -85,7 +99,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Buckets: []float64{1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1, 5},
 	})
 	if reg != nil {
-		reg.MustRegister(m.requests, m.decisionTime, m.reloads, m.configVersion,
+		reg.MustRegister(m.requests, m.decisionTime, m.reloads, m.configVersion, m.policyInfo, m.policyReloadErrors, m.policyCompile,
 			m.postureFailures, m.reports, m.signals, m.quarantines, m.releases, m.quarantined, m.isolation)
 	}
 	return m

@@ -95,11 +95,11 @@ func clipPath(s string) string {
 // compare the path as sent. A path the rules see differently from the app
 // must be refused, or a deny rule is bypassed.
 func TestPathParametersCannotBypassDenyRules(t *testing.T) {
-	p, err := groups.Compile([]groups.AppRules{{App: "wiki", Rules: []groups.Rule{
+	p, err := groups.Compile(&groups.Source{Apps: []groups.AppRules{{App: "wiki", Rules: []groups.Rule{
 		{Name: "everyone"},
 		{Name: "no-admin", Action: "deny", Paths: []string{"/admin"}},
 		{Name: "no-api-admin", Action: "deny", Paths: []string{"/api/admin"}},
-	}}})
+	}}}}, groups.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -59,7 +60,7 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				Title: "Temporarily unavailable", Message: "Your session could not be checked.", Hint: "Try again in a moment.", Cause: err})
 			return
 		}
-		e.record(r, a, nil, "", "", groups.Decision{Reason: "not signed in"}, start)
+		e.record(r, st, a, nil, "", "", groups.Decision{Reason: "not signed in"}, start)
 		if err := st.auth.Unauthenticated(w, r, web.WantsHTML(r)); err != nil {
 			e.fail(w, r, err)
 		}
@@ -69,7 +70,7 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// 3. device
 	dev, refused := e.device(r, sess)
 	if refused != nil {
-		e.record(r, a, sess, "", "", groups.Decision{Reason: refused.Message}, start)
+		e.record(r, st, a, sess, "", "", groups.Decision{Reason: refused.Message}, start)
 		e.fail(w, r, refused)
 		return
 	}
@@ -78,20 +79,15 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if refused := e.posture(a, sess.Identity.Subject, sess.Identity.Email, dev, start); refused != nil {
 		verdict, reason := refusalVerdict(refused)
 		e.countPostureFailure(refused)
-		e.record(r, a, sess, dev, verdict, groups.Decision{Reason: reason}, start)
+		e.record(r, st, a, sess, dev, verdict, groups.Decision{Reason: reason}, start)
 		e.fail(w, r, refused)
 		return
 	}
 
 	// 5. authorize
-	req := groups.Request{
-		App:     a.Name,
-		Subject: groups.Subject{User: sess.Identity.Subject, Email: sess.Identity.Email, Groups: sess.Identity.Groups},
-		Method:  r.Method,
-		Path:    r.URL.Path,
-	}
+	req := e.authzRequest(st, a.Name, &sess.Identity, dev, r, start)
 	d := st.policy.Decide(req)
-	e.record(r, a, sess, dev, a.PostureProfile, d, start)
+	e.record(r, st, a, sess, dev, a.PostureProfile, d, start)
 	if !d.Allow {
 		e.fail(w, r, &httperr.Error{Status: http.StatusForbidden, Code: "access_denied", Title: "Access denied",
 			Message: d.Reason, Rule: d.Rule,
@@ -101,6 +97,49 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	// 6. forward
 	e.forward(w, r, st, a, sess, dev, req)
+}
+
+// authzRequest is what the authorize step decides: the user with their
+// current attributes, the device with its platform and the posture
+// profiles it meets now, the source address and the time.
+func (e *Edge) authzRequest(st *State, app string, id *authn.Identity, device string, r *http.Request, now time.Time) groups.Request {
+	req := groups.Request{
+		App:     app,
+		Subject: subjectOf(id),
+		Method:  r.Method,
+		Path:    r.URL.Path,
+		Time:    now,
+	}
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		req.Source = ap.Addr().Unmap()
+	}
+	if device != "" {
+		req.Device = e.deviceAttrs(st, device, now)
+	}
+	return req
+}
+
+// subjectOf is how the policy sees an identity.
+func subjectOf(id *authn.Identity) groups.Subject {
+	return groups.Subject{User: id.Subject, Email: id.Email, Groups: id.Groups, Attributes: id.Attributes}
+}
+
+// deviceAttrs describes a device for the policy. Profiles are evaluated
+// only when the policy reads them.
+func (e *Edge) deviceAttrs(st *State, id string, now time.Time) *groups.Device {
+	d := &groups.Device{ID: id}
+	ev := e.reports.Evidence(id)
+	if ev != nil && ev.Report != nil {
+		d.Platform = ev.Report.OS.Name
+	}
+	if st.policy.NeedsProfiles() {
+		for _, name := range st.profileNames {
+			if st.profiles[name].Evaluate(ev, now).OK {
+				d.Profiles = append(d.Profiles, name)
+			}
+		}
+	}
+	return d
 }
 
 // serveEdge answers the edge's own endpoints: login and logout flows,
@@ -152,7 +191,7 @@ func (e *Edge) fail(w http.ResponseWriter, r *http.Request, err error) {
 // record emits the one audit event and the metrics of a decision. posture
 // is the posture verdict: the profile passed, "fail:CHECKS", "quarantined"
 // or "" when none applied.
-func (e *Edge) record(r *http.Request, a *app, sess *authn.Session, device, posture string, d groups.Decision, start time.Time) {
+func (e *Edge) record(r *http.Request, st *State, a *app, sess *authn.Session, device, posture string, d groups.Decision, start time.Time) {
 	dec := "deny"
 	counter := a.denied
 	if d.Allow {
@@ -161,7 +200,8 @@ func (e *Edge) record(r *http.Request, a *app, sess *authn.Session, device, post
 	lat := time.Since(start)
 	ev := audit.Event{
 		Time: start, Kind: "request", App: a.Name, Method: r.Method, Host: r.Host, Path: r.URL.Path,
-		Source: r.RemoteAddr, Device: device, Posture: posture, Decision: dec, Rule: d.Rule, Reason: d.Reason, Latency: lat,
+		Source: r.RemoteAddr, Device: device, Posture: posture, Decision: dec, Rule: d.Rule, Reason: d.Reason,
+		Policy: st.policy.Version(), Latency: lat,
 	}
 	if sess != nil {
 		ev.User, ev.Email, ev.Session = sess.Identity.Subject, sess.Identity.Email, sess.Ref()

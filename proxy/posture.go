@@ -94,9 +94,31 @@ func (e *Edge) recheckPosture(filter func(*liveEntry) bool, reason string) {
 	}, reason)
 }
 
-// postureWatcher re-evaluates live exchanges to apps with a posture profile
-// every postureSweep, so one whose device stops reporting is closed within
-// that of its report passing max_age.
+// recheck decides a live exchange again against st at now: the posture
+// step, then the policy with the current time and the device's current
+// platform and profiles. It returns why the exchange must close, or "".
+func (e *Edge) recheck(st *State, le *liveEntry, now time.Time) string {
+	a := st.apps[le.req.App]
+	if a == nil {
+		return "the app was removed"
+	}
+	if refused := e.posture(a, le.req.Subject.User, le.req.Subject.Email, le.device, now); refused != nil {
+		return "device posture no longer met"
+	}
+	req := le.req
+	req.Time = now
+	if le.device != "" {
+		req.Device = e.deviceAttrs(st, le.device, now)
+	}
+	if d := st.policy.Decide(req); !d.Allow {
+		return "access no longer allowed: " + d.Reason
+	}
+	return ""
+}
+
+// postureWatcher re-decides every live exchange every postureSweep, so one
+// whose device stops reporting is closed within that of its report passing
+// max_age, and one whose rule's time window ends is closed when it ends.
 func (e *Edge) postureWatcher(ctx context.Context) {
 	defer e.janitorW.Done()
 	t := time.NewTicker(postureSweep)
@@ -106,11 +128,8 @@ func (e *Edge) postureWatcher(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			st := e.state.Load()
-			e.recheckPosture(func(le *liveEntry) bool {
-				a := st.apps[le.req.App]
-				return a != nil && a.profile != nil
-			}, "device posture no longer met")
+			st, now := e.state.Load(), time.Now()
+			e.live.closeEach(func(le *liveEntry) string { return e.recheck(st, le, now) })
 		}
 	}
 }

@@ -4,10 +4,16 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
+	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
+
+	"github.com/ztna-dev/ztna/groups"
+	"github.com/ztna-dev/ztna/internal/config"
+	"github.com/ztna-dev/ztna/internal/files"
 )
 
 // WatchConfig reloads the config file at path when it changes (polled by
@@ -27,7 +33,7 @@ func (e *Edge) WatchConfig(ctx context.Context, path string, interval time.Durat
 	// made between loading it and starting the watcher is not missed.
 	last := e.State().Config.sourceHash
 	if last == nil {
-		last = fileHash(path)
+		last = e.sourcesHashNow(path)
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -40,7 +46,7 @@ func (e *Edge) WatchConfig(ctx context.Context, path string, interval time.Durat
 			forced = true
 		case <-t.C:
 		}
-		h := fileHash(path)
+		h := e.sourcesHashNow(path)
 		if !forced && (h == nil || bytes.Equal(h, last)) {
 			continue
 		}
@@ -55,6 +61,10 @@ func (e *Edge) Reload(ctx context.Context, path string) bool {
 	cfg, err := LoadConfig(path)
 	if err != nil {
 		e.metrics.reloads.WithLabelValues("rejected").Inc()
+		var pe *PolicyError
+		if errors.As(err, &pe) {
+			e.metrics.policyReloadErrors.Inc()
+		}
 	} else {
 		err = e.Apply(ctx, cfg)
 	}
@@ -66,11 +76,46 @@ func (e *Edge) Reload(ctx context.Context, path string) bool {
 	return true
 }
 
-func fileHash(path string) []byte {
-	b, err := os.ReadFile(path)
+// sourcesHashNow hashes the config file at path and the serving config's
+// policy dir as they are now; nil if the config file cannot be read.
+func (e *Edge) sourcesHashNow(path string) []byte {
+	b, err := readConfigFile(path)
 	if err != nil {
 		return nil
 	}
-	h := sha256.Sum256(b)
-	return h[:]
+	var ph []byte
+	if dir := e.State().Config.Policy.Dir; dir != "" {
+		ph = policyDirHash(dir)
+	}
+	return sourcesHash(b, ph)
+}
+
+// sourcesHash combines the config file's bytes and the policy dir's hash.
+func sourcesHash(configData, policyHash []byte) []byte {
+	h := sha256.New()
+	h.Write(configData)
+	h.Write(policyHash)
+	return h.Sum(nil)
+}
+
+// policyDirHash hashes the names and contents of the policy files below
+// dir (test files too: a change to them changes nothing served, but
+// hashing them costs nothing and keeps the rule simple). An unreadable
+// dir hashes to a marker, so that it recovering is a change.
+func policyDirHash(dir string) []byte {
+	h := sha256.New()
+	paths, err := groups.ListFiles(dir, groups.IsPolicyFile)
+	if err != nil {
+		h.Write([]byte("unreadable"))
+		return h.Sum(nil)
+	}
+	for _, p := range paths {
+		b, _, err := files.ReadRegular(p, config.MaxFileSize)
+		fmt.Fprintf(h, "%d:%s:%d:", len(p), p, len(b))
+		if err != nil {
+			h.Write([]byte("unreadable"))
+		}
+		h.Write(b)
+	}
+	return h.Sum(nil)
 }

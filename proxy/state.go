@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -35,11 +36,12 @@ type State struct {
 	authHost string            // host[:port] as browsers write it
 	hosts    map[string][]*app // HTTP apps by host[:port], longest prefix first
 	apps     map[string]*app   // every app by name
-	policy   groups.Authorizer
+	policy   *groups.Policy
 	auth     *authn.Service
 	cert     *tls.Certificate
 
 	profiles       map[string]*posture.CompiledProfile
+	profileNames   []string                 // sorted
 	releaseProfile *posture.CompiledProfile // nil: only admins release
 	minSeverity    posture.Severity         // detections at or above quarantine
 	signalsToken   []byte                   // nil: signal API off
@@ -83,14 +85,18 @@ func (s *State) isAppHost(hostport string) bool {
 func (e *Edge) compile(ctx context.Context, cfg *Config, version uint64) (*State, error) {
 	st := &State{Version: version, Config: cfg, hosts: map[string][]*app{}, apps: map[string]*app{}}
 	st.authHost = cfg.hostPort(cfg.AuthHost)
-	pol, err := groups.Compile(appRules(cfg.Apps))
-	if err != nil {
-		return nil, fmt.Errorf("compile policy: %w", err)
+	if cfg.policy == nil {
+		return nil, errors.New("policy not compiled: the config was not validated")
 	}
-	st.policy = pol
+	st.policy = cfg.policy
+	var err error
 	if st.profiles, err = posture.CompileProfiles(cfg.Posture.Profiles); err != nil {
 		return nil, fmt.Errorf("posture profiles: %w", err)
 	}
+	for name := range st.profiles {
+		st.profileNames = append(st.profileNames, name)
+	}
+	sort.Strings(st.profileNames)
 	st.releaseProfile = st.profiles[cfg.Signals.ReleaseProfile]
 	if st.minSeverity, err = cfg.minSeverity(); err != nil {
 		return nil, fmt.Errorf("signals.min_severity: %w", err)

@@ -35,6 +35,7 @@ type Event struct {
 	Decision string        `json:"decision"`         // "allow" or "deny"
 	Rule     string        `json:"rule,omitempty"`
 	Reason   string        `json:"reason,omitempty"`
+	Policy   string        `json:"policy,omitempty"` // the version of the policy that decided
 	Latency  time.Duration `json:"latency_ns"`
 }
 
@@ -149,6 +150,7 @@ func (e *Event) appendJSON(b []byte) []byte {
 	b = appendField(b, "decision", e.Decision, false)
 	b = appendField(b, "rule", e.Rule, true)
 	b = appendField(b, "reason", e.Reason, true)
+	b = appendField(b, "policy", e.Policy, true)
 	b = append(b, `,"latency_ns":`...)
 	b = strconv.AppendInt(b, int64(e.Latency), 10)
 	return append(b, '}', '\n')

@@ -155,7 +155,10 @@ func Start(ctx context.Context, o Options) (env *Env, err error) {
 	issuer := "http://" + idpLn.Addr().String()
 
 	authHost := "auth." + o.Domain
-	hosts := []string{authHost, "whoami." + o.Domain, "secure." + o.Domain, "strict." + o.Domain, "localhost", "127.0.0.1", "::1"}
+	hosts := []string{authHost, "localhost", "127.0.0.1", "::1"}
+	for _, app := range webApps {
+		hosts = append(hosts, app+"."+o.Domain)
+	}
 	certFile, keyFile, caFile, err := ensureCerts(o.DataDir, hosts)
 	if err != nil {
 		return nil, err
@@ -233,7 +236,7 @@ func Start(ctx context.Context, o Options) (env *Env, err error) {
 		})
 	}
 	apps := map[string]string{}
-	for _, name := range []string{"whoami", "secure", "strict"} {
+	for _, name := range webApps {
 		v, err := verifier(name)
 		if err != nil {
 			return nil, err
@@ -451,6 +454,16 @@ func demoConfig(o Options, authHost string, port int, issuer string, upstreams m
 			Issuer: issuer, ClientID: "ztna-edge", ClientSecret: devClientSecret,
 			Scopes: []string{"openid", "profile", "email", "groups", "offline_access"},
 		},
+		Groups: []groups.Group{
+			{Name: "engineering", Description: "Engineers, as the IdP groups them", Include: []string{"idp:engineering"}},
+			{Name: "finance", Description: "The finance department", When: `user.department == "Finance"`},
+			{Name: "security-tech", Description: "Group A (seed 000): the Security Tech department", When: `user.department == "Security Tech"`},
+			{Name: "security-policy", Description: "Group B (seed 000): the Security Policy department", When: `user.department == "Security Policy"`},
+			{Name: "security-engineers", Description: "Group C (seed 000): security engineers", When: `user.title == "Security Engineer"`},
+			{Name: "security", Description: "Everyone in security", Include: []string{"security-tech", "security-policy"}},
+			{Name: "employees", Description: "Staff: everyone with a department who is not external",
+				When: `user.department != "" and user.department != "External"`},
+		},
 		Apps: []proxy.AppConfig{
 			{
 				Name: "whoami", Host: "whoami." + o.Domain, Upstream: "http://" + upstreams["whoami"], ProxyProtocol: "v2",
@@ -461,7 +474,15 @@ func demoConfig(o Options, authHost string, port int, issuer string, upstreams m
 			},
 			{
 				Name: "secure", Host: "secure." + o.Domain, Upstream: "http://" + upstreams["secure"], ProxyProtocol: "v2",
-				Rules: []groups.Rule{{Name: "security-team", Groups: []string{"security"}}},
+				Rules: []groups.Rule{{Name: "security-team", Groups: []string{"security-tech"}}},
+			},
+			{
+				Name: "soc", Host: "soc." + o.Domain, Upstream: "http://" + upstreams["soc"], ProxyProtocol: "v2",
+				Rules: []groups.Rule{{Name: "security-engineers", Groups: []string{"security-engineers"}}},
+			},
+			{
+				Name: "grc", Host: "grc." + o.Domain, Upstream: "http://" + upstreams["grc"], ProxyProtocol: "v2",
+				Rules: []groups.Rule{{Name: "security-policy", Groups: []string{"security-policy"}}},
 			},
 			{
 				Name: "strict", Host: "strict." + o.Domain, Upstream: "http://" + upstreams["strict"], ProxyProtocol: "v2",
@@ -475,6 +496,11 @@ func demoConfig(o Options, authHost string, port int, issuer string, upstreams m
 		},
 	}
 }
+
+// webApps are the demo HTTP apps, each a whoami page: secure, soc and grc
+// are the seed's groups A, C and B (Security Tech, security engineers,
+// Security Policy), so a role change visibly moves access between them.
+var webApps = []string{"whoami", "secure", "soc", "grc", "strict"}
 
 // DemoEDR is the EDR the strict profile asks for. No such product runs on
 // a dev machine, so the strict app shows what a failing device sees.
