@@ -24,6 +24,9 @@ FUZZ_TARGETS := \
 	./proxy/edge:FuzzInboundProxyHeader:25000 \
 	./internal/config:FuzzParse:100000 \
 	./groups:FuzzDecide:50000 \
+	./groups:FuzzParseExpr:50000 \
+	./groups:FuzzPathPattern:80000 \
+	./groups:FuzzCompilePolicy:20000 \
 	./posture:FuzzParseReport:80000 \
 	./posture:FuzzDeviceFromCert:30000 \
 	./posture:FuzzEnrollUserCode:80000 \
