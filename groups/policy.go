@@ -20,21 +20,21 @@ type Rule struct {
 	Name string `yaml:"name"`
 	// Action is "allow" or "deny"; empty means "allow". Any matching deny
 	// rule wins over every allow rule of the app, whatever the order.
-	Action string `yaml:"action"`
+	Action string `yaml:"action,omitempty"`
 	// Users lists user IDs (the OIDC subject, compared exactly) and email
 	// addresses (any entry containing "@", compared with the subject's email
 	// case-insensitively in ASCII; the entry is also compared exactly with
 	// the user ID, for IdPs whose subject is an email address).
-	Users []string `yaml:"users"`
+	Users []string `yaml:"users,omitempty"`
 	// Groups names policy groups (see Group) and IdP group claims written
 	// "idp:NAME"; the condition matches if the subject is in any of them.
-	Groups []string `yaml:"groups"`
+	Groups []string `yaml:"groups,omitempty"`
 	// AllGroups is like Groups but the subject must be in every one.
-	AllGroups []string `yaml:"all_groups"`
+	AllGroups []string `yaml:"all_groups,omitempty"`
 	// Methods lists HTTP methods. They are upper-cased here and compared
 	// case-insensitively with the request, so that a deny on DELETE cannot
 	// be sidestepped by sending "delete" to an upstream that accepts it.
-	Methods []string `yaml:"methods"`
+	Methods []string `yaml:"methods,omitempty"`
 	// Paths lists request paths. "/api" matches "/api" and everything below
 	// it on a segment boundary ("/api/x"), but not "/apix"; "/" matches every
 	// path. "=/api" matches exactly "/api". A pattern with "*" is a glob
@@ -43,23 +43,23 @@ type Rule struct {
 	// byte for byte (case-sensitively) with the canonical request path, so
 	// they must themselves be canonical: no "..", "." segments, "//", "\",
 	// "%", "?", "#" or, for prefixes, a trailing "/".
-	Paths []string `yaml:"paths"`
+	Paths []string `yaml:"paths,omitempty"`
 	// Time lists time windows (days, from–to, zone); the rule applies only
 	// inside one of them.
-	Time []TimeWindow `yaml:"time"`
+	Time []TimeWindow `yaml:"time,omitempty"`
 	// Networks lists source networks (CIDRs) the request must come from.
-	Networks []string `yaml:"networks"`
+	Networks []string `yaml:"networks,omitempty"`
 	// Countries lists ISO 3166-1 alpha-2 codes the source address must be
 	// located in (policy.geoip_file). For an allow rule an address of
 	// unknown location does not match; for a deny rule it does: unknown is
 	// never an excuse to let a request through.
-	Countries []string `yaml:"countries"`
+	Countries []string `yaml:"countries,omitempty"`
 	// Posture names a posture profile the device must meet now: the
 	// request must come from an enrolled device whose latest report passes
 	// it.
-	Posture string `yaml:"posture"`
+	Posture string `yaml:"posture,omitempty"`
 	// DeviceRequired requires an enrolled device's certificate.
-	DeviceRequired bool `yaml:"device_required"`
+	DeviceRequired bool `yaml:"device_required,omitempty"`
 }
 
 // AppRules is the policy of one app: its rules, evaluated as a set (deny
@@ -68,7 +68,7 @@ type Rule struct {
 // policy file); their rules are joined in order.
 type AppRules struct {
 	App   string `yaml:"app"`
-	Rules []Rule `yaml:"rules"`
+	Rules []Rule `yaml:"rules,omitempty"`
 }
 
 // Group is a dynamic group: a subject is a member when its attributes
@@ -77,21 +77,21 @@ type AppRules struct {
 // current attributes, so a changed attribute moves access at once.
 type Group struct {
 	Name        string `yaml:"name"`
-	Description string `yaml:"description"`
+	Description string `yaml:"description,omitempty"`
 	// When is a condition over user and device attributes, e.g.
 	// `user.department == "Security Tech" and user.title in ["Engineer"]`.
-	When string `yaml:"when"`
+	When string `yaml:"when,omitempty"`
 	// Members lists user IDs and email addresses (as in Rule.Users).
-	Members []string `yaml:"members"`
+	Members []string `yaml:"members,omitempty"`
 	// Include names other groups (or "idp:NAME" claims) whose members are
 	// members of this one. Cycles are rejected.
-	Include []string `yaml:"include"`
+	Include []string `yaml:"include,omitempty"`
 }
 
 // File is the schema of one policy file of a policy directory.
 type File struct {
-	Groups []Group    `yaml:"groups"`
-	Apps   []AppRules `yaml:"apps"`
+	Groups []Group    `yaml:"groups,omitempty"`
+	Apps   []AppRules `yaml:"apps,omitempty"`
 }
 
 // Rule actions.

@@ -18,7 +18,7 @@ type TimeWindow struct {
 	// a range may wrap: "fri-mon" is fri, sat, sun, mon). Empty means
 	// every day. For an overnight window the day named is the day the
 	// window starts.
-	Days []string `yaml:"days"`
+	Days []string `yaml:"days,omitempty"`
 	// From and To are wall-clock times "HH:MM" (24 h) in Zone; From is
 	// inclusive, To exclusive, and To may be "24:00". Both empty means all
 	// day. To earlier than From makes an overnight window: days [fri],

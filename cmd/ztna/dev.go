@@ -62,7 +62,9 @@ func printBanner(w io.Writer, env *devenv.Env, admin, cfgFile string) {
 	fmt.Fprintf(&b, "\nztna dev is running.\n\n")
 	fmt.Fprintf(&b, "  Open in a browser:\n")
 	fmt.Fprintf(&b, "    %-40s demo app: shows the identity it receives\n", env.AppURL("whoami")+"/")
-	fmt.Fprintf(&b, "    %-40s only the security group may enter\n", env.AppURL("secure")+"/")
+	fmt.Fprintf(&b, "    %-40s group A: the Security Tech department (alice)\n", env.AppURL("secure")+"/")
+	fmt.Fprintf(&b, "    %-40s group C: security engineers by title (alice)\n", env.AppURL("soc")+"/")
+	fmt.Fprintf(&b, "    %-40s group B: the Security Policy department (nobody yet)\n", env.AppURL("grc")+"/")
 	fmt.Fprintf(&b, "    %-40s only from an enrolled device passing the strict posture profile:\n", env.AppURL("strict")+"/")
 	fmt.Fprintf(&b, "    %-40s shows what this machine fails and how to fix it\n", "")
 	fmt.Fprintf(&b, "    %-40s TCP echo app; greets you with the identity the edge signed\n", "echo ("+env.EchoAddr+")")
@@ -86,15 +88,16 @@ func printBanner(w io.Writer, env *devenv.Env, admin, cfgFile string) {
 	fmt.Fprintf(&b, "\n  Signal API (quarantine a device, as Falcosidekick would):\n")
 	fmt.Fprintf(&b, "    curl --cacert %s -H \"Authorization: Bearer $(cat %s)\" \\\n", env.CAFile, filepath.Join(filepath.Dir(env.CAFile), "signals-token"))
 	fmt.Fprintf(&b, "      --connect-to %s:%s -d @falco.json %s/api/signals/falco\n", strings.TrimPrefix(env.AuthOrigin, "https://"), env.EdgeAddr, env.AuthOrigin)
-	fmt.Fprintf(&b, "    (admin API token: %s; release: POST /api/devices/ID/release)\n", filepath.Join(filepath.Dir(env.CAFile), "admin-token"))
+	fmt.Fprintf(&b, "    (admin API token: %s; release: POST /api/devices/ID/release;\n", filepath.Join(filepath.Dir(env.CAFile), "admin-token"))
+	fmt.Fprintf(&b, "     after a role change at the IdP: POST /api/users/ID/refresh)\n")
 	fmt.Fprintf(&b, "\n  Users (username / password):\n")
 	for _, u := range env.Users {
 		fmt.Fprintf(&b, "    %-7s / %-16s %s, %s; groups %s\n", u.Username, u.Password,
 			u.Attributes["department"], u.Attributes["title"], strings.Join(u.Groups, ", "))
 	}
-	fmt.Fprintf(&b, "\n  Rules: whoami lets engineering and finance in (finance read-only);\n")
-	fmt.Fprintf(&b, "         secure lets only the security group in; strict, employees from a compliant device;\n")
-	fmt.Fprintf(&b, "         echo, engineering; everyone else is denied.\n")
+	fmt.Fprintf(&b, "\n  Policy (groups by attribute; see %s): whoami lets engineering and finance in\n", cfgFile)
+	fmt.Fprintf(&b, "  (finance read-only); secure, soc and grc follow the seed's groups A, C and B; strict,\n")
+	fmt.Fprintf(&b, "  employees from a compliant device; echo, engineering; everyone else is denied.\n")
 	fmt.Fprintf(&b, "\nPress Ctrl-C to stop.\n")
 	fmt.Fprint(w, b.String())
 }
