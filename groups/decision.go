@@ -50,9 +50,9 @@ type Request struct {
 
 // Decision is the outcome of authorization. A zero Decision is a deny.
 type Decision struct {
-	Allow  bool
-	Rule   string // the rule that decided, "" for the default deny
-	Reason string // human-readable, safe to show to the user
+	Allow  bool   `json:"allow"`
+	Rule   string `json:"rule,omitempty"` // the rule that decided, "" for the default deny
+	Reason string `json:"reason"`         // human-readable, safe to show to the user
 }
 
 // Authorizer decides requests. Implementations are immutable snapshots: a

@@ -12,25 +12,25 @@ import (
 // of the request. `ztna policy explain` and the console's what-if
 // simulator print it; the Decision is exactly the one Decide returns.
 type Explanation struct {
-	Decision Decision
-	Version  string             // the policy version that decided
-	Groups   []GroupExplanation // the groups the app's rules name, and the groups they include
-	Rules    []RuleExplanation  // every rule of the app, in order
+	Decision Decision           `json:"decision"`
+	Version  string             `json:"version"` // the policy version that decided
+	Groups   []GroupExplanation `json:"groups"`  // the groups the app's rules name, and the groups they include
+	Rules    []RuleExplanation  `json:"rules"`   // every rule of the app, in order
 }
 
 // GroupExplanation says whether and why the subject is in one group.
 type GroupExplanation struct {
-	Name   string
-	Member bool
-	Why    string
+	Name   string `json:"name"`
+	Member bool   `json:"member"`
+	Why    string `json:"why"`
 }
 
 // RuleExplanation says what one rule made of the request.
 type RuleExplanation struct {
-	Name    string
-	Action  string // allow or deny
-	Matched bool   // every condition matched
-	Why     string // "matches", or the first condition that did not
+	Name    string `json:"name"`
+	Action  string `json:"action"`  // allow or deny
+	Matched bool   `json:"matched"` // every condition matched
+	Why     string `json:"why"`     // "matches", or the first condition that did not
 }
 
 // Explain decides r like Decide and explains the decision.

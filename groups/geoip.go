@@ -7,6 +7,8 @@ import (
 	"sync"
 
 	"github.com/oschwald/maxminddb-golang/v2"
+
+	"github.com/ztna-dev/ztna/internal/files"
 )
 
 // Countries resolves a source address to an ISO 3166-1 alpha-2 country
@@ -19,11 +21,11 @@ type Countries interface {
 
 // GeoIP reads a MaxMind-format country database (GeoLite2-Country,
 // GeoIP2-Country, or a City database, which also holds countries). It is
-// safe for concurrent use. Lookups read a memory-mapped file and do not
-// block on I/O beyond page faults.
+// safe for concurrent use. The database is read into memory: a policy
+// reload opens a new one while requests may still use the old, and memory
+// the garbage collector frees cannot be unmapped under a lookup.
 type GeoIP struct {
-	// mu makes Close wait for lookups in flight: the reader's memory is
-	// unmapped on Close, and reading it afterwards would crash the process.
+	// mu makes Close wait for lookups in flight.
 	mu sync.RWMutex
 	db *maxminddb.Reader // nil after Close
 }
@@ -37,6 +39,10 @@ type countryRecord struct {
 	} `maxminddb:"country"`
 }
 
+// maxGeoIPBytes bounds the database file: GeoLite2-Country is ~10 MB, a
+// City database ~70 MB.
+const maxGeoIPBytes = 256 << 20
+
 // maxTypeProbe bounds how many records OpenGeoIP inspects in a database
 // whose type does not say "Country" before deciding it holds no countries.
 const maxTypeProbe = 1000
@@ -48,7 +54,11 @@ const maxTypeProbe = 1000
 // takes time proportional to the file; do it at startup or reload, not per
 // request.
 func OpenGeoIP(path string) (*GeoIP, error) {
-	db, err := maxminddb.Open(path)
+	data, _, err := files.ReadRegular(path, maxGeoIPBytes)
+	if err != nil {
+		return nil, fmt.Errorf("open GeoIP database %s: %w", path, err)
+	}
+	db, err := maxminddb.OpenBytes(data)
 	if err != nil {
 		return nil, fmt.Errorf("open GeoIP database %s: %w", path, err)
 	}
@@ -107,8 +117,9 @@ func (g *GeoIP) Country(a netip.Addr) (string, bool) {
 	return rec.Country.ISOCode, true
 }
 
-// Close releases the database; it waits for lookups in flight. Lookups
-// after Close report unknown. Closing twice is harmless.
+// Close releases the database (to the garbage collector); it waits for
+// lookups in flight. Lookups after Close report unknown. Closing twice is
+// harmless. A GeoIP that is simply dropped needs no Close.
 func (g *GeoIP) Close() error {
 	g.mu.Lock()
 	defer g.mu.Unlock()

@@ -40,6 +40,16 @@ func (s *Source) AddFile(doc *config.Doc, f *File) {
 	}
 }
 
+// AddConfig appends the policy written in an edge config file: its
+// groups (at "groups") and its apps' rules (apps[i].rules, the app named by
+// apps[i].name), which come before any policy directory's.
+func (s *Source) AddConfig(doc *config.Doc, gs []Group, apps []AppRules) {
+	s.AddGroups(doc, "groups", gs)
+	for i, ar := range apps {
+		s.AddApp(doc, fmt.Sprintf("apps[%d]", i), "name", ar)
+	}
+}
+
 // AddGroups appends groups written as the list at path of doc.
 func (s *Source) AddGroups(doc *config.Doc, path string, gs []Group) {
 	s.pad()

@@ -449,10 +449,11 @@ func (c *Config) check() *fieldError {
 // Errors name the file, line and field where the problem was written.
 func (c *Config) compilePolicy() (*groups.Policy, error) {
 	var src groups.Source
-	src.AddGroups(c.doc, "groups", c.Groups)
+	rules := make([]groups.AppRules, len(c.Apps))
 	for i, a := range c.Apps {
-		src.AddApp(c.doc, fmt.Sprintf("apps[%d]", i), "name", groups.AppRules{App: a.Name, Rules: a.Rules})
+		rules[i] = groups.AppRules{App: a.Name, Rules: a.Rules}
 	}
+	src.AddConfig(c.doc, c.Groups, rules)
 	if c.Policy.Dir != "" {
 		// Hashed before reading, so that a change made while loading is
 		// seen by the next poll rather than lost.

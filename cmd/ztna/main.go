@@ -24,6 +24,7 @@ Usage:
   ztna dev [flags]                 run the whole system on this machine (edge, dev IdP, demo apps)
   ztna serve --config FILE         run the production edge
   ztna agent enroll|run|status     enroll this device; report its posture on a schedule; show both
+  ztna policy check|test|explain   validate a policy directory; run its tests (CI); explain one decision
   ztna version                     print the version
 
 Run 'ztna COMMAND -h' for the flags of a command.
@@ -51,6 +52,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runServe(ctx, args[1:], stderr)
 	case "agent":
 		err = runAgent(ctx, args[1:], stdout, stderr)
+	case "policy":
+		return runPolicy(args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "ztna", version)
 	case "help", "-h", "-help", "--help":
