@@ -184,26 +184,25 @@ func (x Explanation) String() string {
 		fmt.Fprintf(&b, "  policy version %s\n", x.Version)
 	}
 	if len(x.Groups) > 0 {
-		b.WriteString("\ngroups:\n")
+		b.WriteString("\ngroups (✔ member, ✗ not):\n")
 		for _, g := range x.Groups {
-			mark := "not a member"
-			if g.Member {
-				mark = "member"
-			}
-			fmt.Fprintf(&b, "  %-24s %-12s %s\n", g.Name, mark, g.Why)
+			fmt.Fprintf(&b, "  %s %-24s %s\n", mark(g.Member), g.Name, g.Why)
 		}
 	}
 	if len(x.Rules) > 0 {
-		b.WriteString("\nrules (deny rules win; then the first matching allow rule):\n")
+		b.WriteString("\nrules (✔ matches; deny rules win, then the first matching allow rule):\n")
 		for _, r := range x.Rules {
-			mark := "  "
-			if r.Matched {
-				mark = "✔ "
-			}
-			fmt.Fprintf(&b, "  %s%-5s %-24s %s\n", mark, r.Action, r.Name, r.Why)
+			fmt.Fprintf(&b, "  %s %-5s %-24s %s\n", mark(r.Matched), r.Action, r.Name, r.Why)
 		}
 	}
 	return b.String()
+}
+
+func mark(ok bool) string {
+	if ok {
+		return "✔"
+	}
+	return "✗"
 }
 
 // Groups returns the names of the policy groups s (on device d) is in, for

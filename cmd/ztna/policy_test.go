@@ -197,7 +197,7 @@ func TestPolicyExplain(t *testing.T) {
 			`attributes  department="Security Tech" title="Security Engineer"`,
 			"device      none (no device certificate)",
 			"\nALLOW: allowed by rule \"analysts-read\"\n",
-			"security-engineers       member",
+			"✔ security-engineers",
 		}},
 		{"a fixture and a device fixture, denied", args{"--user", "kim-2025", "--device", "kims-mac-edr-stopped", "--app", "soc", "--method", "POST", "--path", "/alerts/1/close"}, 2, []string{
 			`device      d-kim-mac (fixture "kims-mac-edr-stopped"), macos; meets posture profiles: baseline`,
