@@ -125,6 +125,17 @@ func (s *Service) Authenticate(r *http.Request) (*Session, error) {
 	return sess, nil
 }
 
+// RefreshIfDue starts a background token refresh of the session with store
+// key key when one is due. The edge calls it for sessions that hold live
+// connections but send no requests (a WebSocket), so that their attributes
+// still follow the IdP. It does no I/O: a session not in memory is skipped.
+func (s *Service) RefreshIfDue(key string) {
+	sess := s.sessions.cached(key)
+	if sess != nil && !sess.RefreshAt.IsZero() && s.opts.Now().After(sess.RefreshAt) {
+		s.refreshAsync(sess)
+	}
+}
+
 // LoginURL is where a client without a session can log in to come back to
 // the URL of r.
 func (s *Service) LoginURL(r *http.Request) string {

@@ -400,6 +400,16 @@ func (m *Sessions) put(s *Session, now time.Time) *cached {
 	return c
 }
 
+// cached returns the session with store key key from memory, or nil.
+func (m *Sessions) cached(key string) *Session {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if c := m.cache[key]; c != nil {
+		return c.s
+	}
+	return nil
+}
+
 func (m *Sessions) drop(key string) {
 	m.mu.Lock()
 	if c := m.cache[key]; c != nil {

@@ -49,16 +49,24 @@ e = some(where (p.eft == allow))
 type conditions struct {
 	enf       *casbin.SyncedEnforcer // nil when no group has a condition
 	model     string
-	refs      []string                      // every attribute any condition reads
-	index     map[string]map[string][]int32 // attribute → value → groups that require it
-	unguarded []int32                       // groups whose condition no index entry covers
+	refs      []string                        // every attribute any condition reads
+	index     map[string]map[string][]indexed // attribute → value → groups that need it
+	unguarded []int32                         // groups whose condition no index entry covers
 	groups    []*group
+}
+
+// indexed is a group found in the index under an attribute value. exact:
+// the value alone makes the subject a member (the condition is that one
+// comparison).
+type indexed struct {
+	group int32
+	exact bool
 }
 
 // compileConditions generates the Casbin model for gs and indexes their
 // conditions.
 func compileConditions(gs []*group) (*conditions, error) {
-	c := &conditions{index: map[string]map[string][]int32{}, groups: gs}
+	c := &conditions{index: map[string]map[string][]indexed{}, groups: gs}
 	var b strings.Builder
 	b.WriteString(casbinModelHead)
 	n := 0
@@ -76,26 +84,21 @@ func compileConditions(gs []*group) (*conditions, error) {
 		for _, r := range g.when.Refs() {
 			refs[r] = true
 		}
-		guards := g.when.Guards()
-		if len(guards) == 0 {
+		alts, exact := g.when.indexPlan()
+		if alts == nil {
 			c.unguarded = append(c.unguarded, g.index)
 			continue
 		}
-		// Index by the most selective guard: the one with fewest values.
-		best := guards[0]
-		for _, gd := range guards[1:] {
-			if len(gd.Values) < len(best.Values) {
-				best = gd
+		for _, gd := range alts {
+			byValue := c.index[gd.Attr]
+			if byValue == nil {
+				byValue = map[string][]indexed{}
+				c.index[gd.Attr] = byValue
 			}
-		}
-		byValue := c.index[best.Attr]
-		if byValue == nil {
-			byValue = map[string][]int32{}
-			c.index[best.Attr] = byValue
-		}
-		for _, v := range best.Values {
-			if l := byValue[v]; len(l) == 0 || l[len(l)-1] != g.index {
-				byValue[v] = append(l, g.index)
+			for _, v := range gd.Values {
+				if l := byValue[v]; len(l) == 0 || l[len(l)-1].group != g.index {
+					byValue[v] = append(l, indexed{group: g.index, exact: exact})
+				}
 			}
 		}
 	}
@@ -136,29 +139,45 @@ func (c *conditions) enforce(g *group, sub map[string]any) (bool, error) {
 }
 
 // candidates calls fn for each group whose condition a can satisfy
-// according to the index, each at most once.
-func (c *conditions) candidates(a *Attrs, seen []uint64, fn func(int32) error) error {
-	visit := func(gs []int32) error {
-		for _, g := range gs {
-			w, bit := g/64, uint64(1)<<(g%64)
-			if seen[w]&bit != 0 {
-				continue
-			}
-			seen[w] |= bit
-			if err := fn(g); err != nil {
-				return err
-			}
+// according to the index, each at most once; exact says the index alone
+// decided that a satisfies it.
+func (c *conditions) candidates(a *Attrs, seen []uint64, fn func(g int32, exact bool) error) error {
+	visit := func(g int32, exact bool) error {
+		w, bit := g/64, uint64(1)<<(g%64)
+		if seen[w]&bit != 0 {
+			return nil
 		}
-		return nil
+		seen[w] |= bit
+		return fn(g, exact)
 	}
 	for attr, byValue := range c.index {
 		for _, v := range attrValues(a, attr) {
-			if err := visit(byValue[v]); err != nil {
-				return err
+			for _, ix := range byValue[v] {
+				if ix.exact {
+					if err := visit(ix.group, true); err != nil {
+						return err
+					}
+				}
 			}
 		}
 	}
-	return visit(c.unguarded)
+	// Exact hits first, so that a group both exact-hit and listed again
+	// is not sent to Casbin.
+	for attr, byValue := range c.index {
+		for _, v := range attrValues(a, attr) {
+			for _, ix := range byValue[v] {
+				if err := visit(ix.group, false); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	for _, g := range c.unguarded {
+		if err := visit(g, false); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // attrValues returns the value(s) attribute attr (as in Expr.Refs) has in a.
@@ -178,18 +197,25 @@ func attrValues(a *Attrs, attr string) []string {
 	return nil
 }
 
-// eval sets in m the groups whose condition a satisfies. why, if not nil,
-// is told the outcome for every candidate.
+// eval sets in m the groups whose condition a satisfies: those the index
+// decides exactly, and the other candidates as Casbin decides them. why,
+// if not nil, is told the outcome for every candidate.
 func (c *conditions) eval(a *Attrs, m *membership, why func(g int32, member bool)) error {
 	if c.enf == nil {
 		return nil
 	}
-	sub := CasbinSubject(a, c.refs)
+	var sub map[string]any // built on the first question to Casbin
 	seen := make([]uint64, len(m.bits))
-	return c.candidates(a, seen, func(g int32) error {
-		ok, err := c.enforce(c.groups[g], sub)
-		if err != nil {
-			return fmt.Errorf("group %q: %w", c.groups[g].name, err)
+	return c.candidates(a, seen, func(g int32, exact bool) error {
+		ok := exact
+		if !exact {
+			if sub == nil {
+				sub = CasbinSubject(a, c.refs)
+			}
+			var err error
+			if ok, err = c.enforce(c.groups[g], sub); err != nil {
+				return fmt.Errorf("group %q: %w", c.groups[g].name, err)
+			}
 		}
 		if ok {
 			m.set(g)
@@ -199,6 +225,28 @@ func (c *conditions) eval(a *Attrs, m *membership, why func(g int32, member bool
 		}
 		return nil
 	})
+}
+
+// evalAll asks Casbin about every group with a condition, without the
+// index: the reference the indexed evaluation must agree with.
+func (c *conditions) evalAll(a *Attrs, m *membership) error {
+	if c.enf == nil {
+		return nil
+	}
+	sub := CasbinSubject(a, c.refs)
+	for _, g := range c.groups {
+		if g.when == nil {
+			continue
+		}
+		ok, err := c.enforce(g, sub)
+		if err != nil {
+			return err
+		}
+		if ok {
+			m.set(g.index)
+		}
+	}
+	return nil
 }
 
 // explicitMembers indexes Group.Members and IdP includes.

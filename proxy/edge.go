@@ -102,7 +102,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Edge, error) {
 		e.assertions.dropSession(sess.Key) // they carry the old identity
 		st, now := e.state.Load(), time.Now()
 		subj := subjectOf(&sess.Identity)
-		e.live.closeSession(sess.Key, func(le *liveEntry) string {
+		e.live.closeSession(sess.Key, func(le *liveEntry) *cut {
 			le.req.Subject = subj
 			return e.recheck(st, le, now)
 		})

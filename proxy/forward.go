@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -24,8 +25,33 @@ const (
 	HeaderGroups = "X-Forwarded-Groups"
 )
 
-// forwardKey carries the per-request *assertion from the pipeline to Rewrite.
+// forwardKey carries the per-request *forwarding from the pipeline to
+// Rewrite and the ErrorHandler.
 type forwardKey struct{}
+
+// forwarding is one forwarded exchange's state shared with the reverse
+// proxy's callbacks.
+type forwarding struct {
+	id       *assertion
+	answered bool // the ErrorHandler wrote the response
+	complete bool // the app's response body was read to its end
+}
+
+// trackedBody notes when the app's response body has been read to its end,
+// so that a cut arriving after a complete response is not turned into a
+// reset of it.
+type trackedBody struct {
+	io.ReadCloser
+	fw *forwarding
+}
+
+func (b *trackedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.fw.complete = true
+	}
+	return n, err
+}
 
 // forward sends r to the app with the edge's identity attached. Long-lived
 // exchanges (WebSockets, streamed responses) are registered so a trust
@@ -47,16 +73,18 @@ func (e *Edge) forward(w http.ResponseWriter, r *http.Request, st *State, a *app
 		e.live.unregister(live)
 		cancel(nil)
 	}()
-	ctx = context.WithValue(ctx, forwardKey{}, id)
+	fw := &forwarding{id: id}
+	ctx = context.WithValue(ctx, forwardKey{}, fw)
 	if a.ProxyProtocol != "" {
 		ctx = context.WithValue(ctx, helloKey{}, e.hello(r, sess, id))
 	}
 	a.proxy.ServeHTTP(w, r.WithContext(ctx))
-	if ctx.Err() != nil && r.Context().Err() == nil {
-		// The edge cut this exchange (revocation, policy change). Abort the
-		// response so the client sees a reset, not a clean end of a
-		// truncated body: ReverseProxy does this itself only when the
-		// server sets http.ServerContextKey, which HTTP/3 does not.
+	if !fw.answered && !fw.complete && ctx.Err() != nil && r.Context().Err() == nil {
+		// The edge cut this exchange (revocation, policy change) in the
+		// middle of the response. Abort it so the client sees a reset,
+		// not a clean end of a truncated body: ReverseProxy does this
+		// itself only when the server sets http.ServerContextKey, which
+		// HTTP/3 does not.
 		panic(http.ErrAbortHandler)
 	}
 }
@@ -95,7 +123,7 @@ func CopyBuffers() httputil.BufferPool { return copyBuffers }
 func (e *Edge) newReverseProxy(a *app) *httputil.ReverseProxy {
 	return &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			id := pr.In.Context().Value(forwardKey{}).(*assertion)
+			id := pr.In.Context().Value(forwardKey{}).(*forwarding).id
 			// Identity never comes from the client: drop every copy first,
 			// then set the edge's own.
 			StripClientIdentity(pr.Out.Header)
@@ -115,12 +143,35 @@ func (e *Edge) newReverseProxy(a *app) *httputil.ReverseProxy {
 			h[identity.HeaderName] = id.token
 		},
 		BufferPool: copyBuffers,
+		ModifyResponse: func(res *http.Response) error {
+			// An upgraded connection's body is the app's connection itself,
+			// which ReverseProxy needs as is.
+			if res.StatusCode != http.StatusSwitchingProtocols {
+				fw := res.Request.Context().Value(forwardKey{}).(*forwarding)
+				res.Body = &trackedBody{ReadCloser: res.Body, fw: fw}
+			}
+			return nil
+		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if errors.Is(err, context.Canceled) {
-				if cause := context.Cause(r.Context()); cause != nil && !errors.Is(cause, context.Canceled) {
-					e.logger.Info("connection closed by the edge", "app", a.Name, "reason", cause.Error())
+			// Called before anything was sent to the client. The cause
+			// of the request's context says whether the edge cut the
+			// exchange (Go's transport reports that cause, not
+			// context.Canceled), and then the client gets a clean answer
+			// saying why instead of a reset.
+			var c *cut
+			if errors.As(context.Cause(r.Context()), &c) {
+				e.logger.Info("connection closed by the edge", "app", a.Name, "reason", c.reason)
+				r.Context().Value(forwardKey{}).(*forwarding).answered = true
+				if c.decision != nil {
+					e.fail(w, r, denied(*c.decision))
+				} else {
+					e.fail(w, r, &httperr.Error{Status: http.StatusForbidden, Code: "access_revoked", Title: "Access ended",
+						Message: "Access was ended while this request was on its way: " + c.reason + "."})
 				}
 				return
+			}
+			if r.Context().Err() != nil {
+				return // the client went away
 			}
 			e.fail(w, r, &httperr.Error{Status: http.StatusBadGateway, Code: "app_unavailable", Title: "App unavailable",
 				Message: "The app did not answer the access proxy.", Hint: "Try again in a moment; if it persists, the app's owners need to know.", Cause: err})

@@ -1,13 +1,21 @@
 package proxy
 
 import (
-	"errors"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/ztna-dev/ztna/groups"
 )
+
+// cut is why the edge ended a live exchange. If the client has not been
+// sent anything yet, it is also the answer the client gets.
+type cut struct {
+	reason   string
+	decision *groups.Decision // the denial, when a new decision ended it
+}
+
+func (c *cut) Error() string { return c.reason }
 
 // liveEntry is one long-lived exchange: a WebSocket or a streamed response.
 type liveEntry struct {
@@ -64,6 +72,17 @@ func (l *liveRegistry) count() int {
 	return n
 }
 
+// sessions returns the keys of the sessions that hold live exchanges.
+func (l *liveRegistry) sessions() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	keys := make([]string, 0, len(l.bySess))
+	for k := range l.bySess {
+		keys = append(keys, k)
+	}
+	return keys
+}
+
 // revokeSession closes every live exchange of a session.
 func (l *liveRegistry) revokeSession(key, reason string) {
 	l.mu.Lock()
@@ -71,7 +90,7 @@ func (l *liveRegistry) revokeSession(key, reason string) {
 	delete(l.bySess, key)
 	l.mu.Unlock()
 	for e := range m {
-		e.cancel(errors.New(reason))
+		e.cancel(&cut{reason: reason})
 	}
 	if len(m) > 0 {
 		l.logger.Info("closed live connections", "reason", reason, "count", len(m))
@@ -87,39 +106,42 @@ func (l *liveRegistry) revokeDevice(id, reason string) {
 // current time, and closes those it no longer allows.
 func (l *liveRegistry) reevaluate(p groups.Authorizer, reason string) {
 	now := time.Now()
-	l.closeWhere(func(e *liveEntry) bool {
+	l.closeEach(func(e *liveEntry) *cut {
 		req := e.req
 		req.Time = now
-		return !p.Decide(req).Allow
-	}, reason)
+		if d := p.Decide(req); !d.Allow {
+			return &cut{reason: reason, decision: &d}
+		}
+		return nil
+	})
 }
 
 // closeWhere closes every live exchange for which match is true.
 func (l *liveRegistry) closeWhere(match func(*liveEntry) bool, reason string) {
-	l.closeEach(func(e *liveEntry) string {
+	l.closeEach(func(e *liveEntry) *cut {
 		if match(e) {
-			return reason
+			return &cut{reason: reason}
 		}
-		return ""
+		return nil
 	})
 }
 
-// closeEach closes every live exchange for which verdict returns a
-// reason. verdict runs under the registry's lock and may update the
-// entry's request (a session's new identity).
-func (l *liveRegistry) closeEach(verdict func(*liveEntry) string) {
+// closeEach closes every live exchange for which verdict says why.
+// verdict runs under the registry's lock and may update the entry's
+// request (a session's new identity).
+func (l *liveRegistry) closeEach(verdict func(*liveEntry) *cut) {
 	l.closeIn(nil, verdict)
 }
 
 // closeSession is closeEach over the exchanges of one session.
-func (l *liveRegistry) closeSession(key string, verdict func(*liveEntry) string) {
+func (l *liveRegistry) closeSession(key string, verdict func(*liveEntry) *cut) {
 	l.closeIn(&key, verdict)
 }
 
-func (l *liveRegistry) closeIn(only *string, verdict func(*liveEntry) string) {
+func (l *liveRegistry) closeIn(only *string, verdict func(*liveEntry) *cut) {
 	type closing struct {
 		e      *liveEntry
-		reason string
+		reason *cut
 	}
 	var closed []closing
 	l.mu.Lock()
@@ -128,7 +150,7 @@ func (l *liveRegistry) closeIn(only *string, verdict func(*liveEntry) string) {
 			continue
 		}
 		for e := range m {
-			if reason := verdict(e); reason != "" {
+			if reason := verdict(e); reason != nil {
 				delete(m, e)
 				closed = append(closed, closing{e, reason})
 			}
@@ -139,8 +161,8 @@ func (l *liveRegistry) closeIn(only *string, verdict func(*liveEntry) string) {
 	}
 	l.mu.Unlock()
 	for _, c := range closed {
-		c.e.cancel(errors.New(c.reason))
-		l.logger.Info("closed live connection", "reason", c.reason, "app", c.e.req.App, "user", c.e.req.Subject.User)
+		c.e.cancel(c.reason)
+		l.logger.Info("closed live connection", "reason", c.reason.reason, "app", c.e.req.App, "user", c.e.req.Subject.User)
 	}
 }
 
@@ -151,7 +173,7 @@ func (l *liveRegistry) closeAll(reason string) {
 	l.mu.Unlock()
 	for _, m := range all {
 		for e := range m {
-			e.cancel(errors.New(reason))
+			e.cancel(&cut{reason: reason})
 		}
 	}
 }

@@ -89,14 +89,19 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	d := st.policy.Decide(req)
 	e.record(r, st, a, sess, dev, a.PostureProfile, d, start)
 	if !d.Allow {
-		e.fail(w, r, &httperr.Error{Status: http.StatusForbidden, Code: "access_denied", Title: "Access denied",
-			Message: d.Reason, Rule: d.Rule,
-			Hint: "If you need this app for your work, ask your manager or IT to grant your group access."})
+		e.fail(w, r, denied(d))
 		return
 	}
 
 	// 6. forward
 	e.forward(w, r, st, a, sess, dev, req)
+}
+
+// denied is the answer to a request the policy refuses.
+func denied(d groups.Decision) *httperr.Error {
+	return &httperr.Error{Status: http.StatusForbidden, Code: "access_denied", Title: "Access denied",
+		Message: d.Reason, Rule: d.Rule,
+		Hint: "If you need this app for your work, ask your manager or IT to grant your group access."}
 }
 
 // authzRequest is what the authorize step decides: the user with their

@@ -96,14 +96,14 @@ func (e *Edge) recheckPosture(filter func(*liveEntry) bool, reason string) {
 
 // recheck decides a live exchange again against st at now: the posture
 // step, then the policy with the current time and the device's current
-// platform and profiles. It returns why the exchange must close, or "".
-func (e *Edge) recheck(st *State, le *liveEntry, now time.Time) string {
+// platform and profiles. It returns why the exchange must close, or nil.
+func (e *Edge) recheck(st *State, le *liveEntry, now time.Time) *cut {
 	a := st.apps[le.req.App]
 	if a == nil {
-		return "the app was removed"
+		return &cut{reason: "the app was removed"}
 	}
 	if refused := e.posture(a, le.req.Subject.User, le.req.Subject.Email, le.device, now); refused != nil {
-		return "device posture no longer met"
+		return &cut{reason: "device posture no longer met"}
 	}
 	req := le.req
 	req.Time = now
@@ -111,14 +111,16 @@ func (e *Edge) recheck(st *State, le *liveEntry, now time.Time) string {
 		req.Device = e.deviceAttrs(st, le.device, now)
 	}
 	if d := st.policy.Decide(req); !d.Allow {
-		return "access no longer allowed: " + d.Reason
+		return &cut{reason: "access no longer allowed: " + d.Reason, decision: &d}
 	}
-	return ""
+	return nil
 }
 
 // postureWatcher re-decides every live exchange every postureSweep, so one
 // whose device stops reporting is closed within that of its report passing
-// max_age, and one whose rule's time window ends is closed when it ends.
+// max_age, one whose rule's time window ends is closed when it ends, and
+// one whose session's attributes change at the IdP is re-decided after the
+// refresh the sweep starts.
 func (e *Edge) postureWatcher(ctx context.Context) {
 	defer e.janitorW.Done()
 	t := time.NewTicker(postureSweep)
@@ -129,7 +131,13 @@ func (e *Edge) postureWatcher(ctx context.Context) {
 			return
 		case <-t.C:
 			st, now := e.state.Load(), time.Now()
-			e.live.closeEach(func(le *liveEntry) string { return e.recheck(st, le, now) })
+			e.live.closeEach(func(le *liveEntry) *cut { return e.recheck(st, le, now) })
+			// A session that only holds a WebSocket sends no request that
+			// would start its token refresh: start it here, so that its
+			// attributes still follow the IdP (the refresh re-decides).
+			for _, key := range e.live.sessions() {
+				st.auth.RefreshIfDue(key)
+			}
 		}
 	}
 }
