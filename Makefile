@@ -60,7 +60,9 @@ fuzz:
 test: vet unit fuzz
 
 bench: deps
-	$(GO) test -run='^$$' -bench=. -benchmem ./groups ./proxy/identity ./posture
+	$(GO) test -run='^$$' -bench='BenchmarkAuthorize|BenchmarkNaiveCasbin' -cpu 1 -benchtime 1x ./groups
+	$(GO) test -run='^$$' -bench='BenchmarkExprEval' -benchmem ./groups
+	$(GO) test -run='^$$' -bench=. -benchmem ./proxy/identity ./posture
 	$(GO) test -run='^$$' -bench=PostureStep -benchmem ./proxy
 	$(GO) run ./integration/bench
 
