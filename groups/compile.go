@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/ztna-dev/ztna/internal/config"
 )
 
 // Options are what Compile checks names against. Nil lists are not
@@ -184,24 +186,17 @@ func (p *Policy) compileGroups(src *Source) error {
 		}
 		for k, inc := range g.Include {
 			field := fmt.Sprintf("include[%d]", k)
-			if msg := checkEntry(inc); msg != "" {
-				return fail(field, msg)
-			}
-			if idp, ok := strings.CutPrefix(inc, idpPrefix); ok {
-				if msg := checkEntry(idp); msg != "" {
-					return fail(field, msg)
-				}
-				cg.idp = append(cg.idp, idp)
-				continue
-			}
-			j, ok := p.byName[inc]
+			j, idp, msg := p.groupRef(inc)
 			switch {
-			case !ok:
-				return fail(field, unknownGroupMsg(inc, p.byName))
+			case msg != "":
+				return fail(field, msg)
+			case idp != "":
+				cg.idp = append(cg.idp, idp)
 			case int(j) == i:
 				return fail(field, "a group cannot include itself")
+			default:
+				cg.includes = append(cg.includes, j)
 			}
-			cg.includes = append(cg.includes, j)
 		}
 		p.groups[i] = cg
 	}
@@ -255,6 +250,26 @@ func (p *Policy) orderGroups() error {
 	return nil
 }
 
+// groupRef resolves an entry that names a group: a policy group (its
+// index) or an IdP group claim written "idp:NAME" (idp). msg says what is
+// wrong with it.
+func (p *Policy) groupRef(ref string) (g int32, idp, msg string) {
+	if msg := checkEntry(ref); msg != "" {
+		return -1, "", msg
+	}
+	if claim, ok := strings.CutPrefix(ref, idpPrefix); ok {
+		if msg := checkEntry(claim); msg != "" {
+			return -1, "", msg
+		}
+		return -1, claim, ""
+	}
+	g, ok := p.byName[ref]
+	if !ok {
+		return -1, "", unknownGroupMsg(ref, p.byName)
+	}
+	return g, "", ""
+}
+
 // checkGroupName validates a group name: a name, and not something a rule
 // would read as an IdP group.
 func checkGroupName(s string) string {
@@ -273,7 +288,7 @@ func unknownGroupMsg(name string, known map[string]int32) string {
 	msg := fmt.Sprintf("unknown group %q", name)
 	best, bestD := "", 4
 	for k := range known {
-		if d := editDistance(name, k); d < bestD || d == bestD && k < best {
+		if d := config.EditDistance(name, k); d < bestD || d == bestD && k < best {
 			best, bestD = k, d
 		}
 	}
@@ -281,30 +296,6 @@ func unknownGroupMsg(name string, known map[string]int32) string {
 		return msg + fmt.Sprintf(" (did you mean %q?)", best)
 	}
 	return msg + fmt.Sprintf(`; define it under groups, or write "idp:%s" for the IdP's group claim`, name)
-}
-
-// editDistance is the Levenshtein distance, for suggestions only.
-func editDistance(a, b string) int {
-	if len(a) > 64 || len(b) > 64 {
-		return 64
-	}
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 // compileRule compiles rule k of app a.
@@ -345,45 +336,31 @@ func (p *Policy) compileRule(a *app, k int, r *Rule, knownProfiles map[string]bo
 		a.needUser[w] |= bit
 	}
 	for k, g := range r.Groups {
-		field := fmt.Sprintf("groups[%d]", k)
-		if msg := checkEntry(g); msg != "" {
-			return fail(field, msg)
-		}
-		if idp, ok := strings.CutPrefix(g, idpPrefix); ok {
-			if msg := checkEntry(idp); msg != "" {
-				return fail(field, msg)
-			}
+		j, idp, msg := p.groupRef(g)
+		switch {
+		case msg != "":
+			return fail(fmt.Sprintf("groups[%d]", k), msg)
+		case idp != "":
 			setBit(a, a.byIdP, idp, w, bit)
 			cr.anyIdP = append(cr.anyIdP, idp)
-			continue
+		default:
+			setBit(a, a.byGroup, j, w, bit)
+			cr.anyGroups = append(cr.anyGroups, j)
 		}
-		j, ok := p.byName[g]
-		if !ok {
-			return fail(field, unknownGroupMsg(g, p.byName))
-		}
-		setBit(a, a.byGroup, j, w, bit)
-		cr.anyGroups = append(cr.anyGroups, j)
 	}
 	if len(r.Groups) > 0 {
 		a.needGroup[w] |= bit
 	}
 	for k, g := range r.AllGroups {
-		field := fmt.Sprintf("all_groups[%d]", k)
-		if msg := checkEntry(g); msg != "" {
-			return fail(field, msg)
-		}
-		if idp, ok := strings.CutPrefix(g, idpPrefix); ok {
-			if msg := checkEntry(idp); msg != "" {
-				return fail(field, msg)
-			}
+		j, idp, msg := p.groupRef(g)
+		switch {
+		case msg != "":
+			return fail(fmt.Sprintf("all_groups[%d]", k), msg)
+		case idp != "":
 			cr.allIdP = append(cr.allIdP, idp)
-			continue
+		default:
+			cr.allGroups = append(cr.allGroups, j)
 		}
-		j, ok := p.byName[g]
-		if !ok {
-			return fail(field, unknownGroupMsg(g, p.byName))
-		}
-		cr.allGroups = append(cr.allGroups, j)
 	}
 	cr.anyMethod = len(r.Methods) == 0
 	for k, m := range r.Methods {

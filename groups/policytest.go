@@ -505,7 +505,7 @@ func unknownFixtureMsg[V any](kind, name string, known map[string]V) string {
 func unknownNameMsg(kind, name string, known []string, hint string) string {
 	best, bestD := "", 4
 	for _, k := range known {
-		if d := editDistance(name, k); d < bestD || d == bestD && k < best {
+		if d := config.EditDistance(name, k); d < bestD || d == bestD && k < best {
 			best, bestD = k, d
 		}
 	}

@@ -148,17 +148,27 @@ Flags:
 `)
 		fs.PrintDefaults()
 	}
+	lp, _, err := checkPolicy(fs, args, &pf, stdout, stderr)
+	if err != nil {
+		return err
+	}
+	lp.close()
+	return nil
+}
+
+// checkPolicy parses the flags and DIR of check and test, loads and
+// compiles the policy and prints the summary line.
+func checkPolicy(fs *flag.FlagSet, args []string, pf *policyFlags, stdout, stderr io.Writer) (*loadedPolicy, string, error) {
 	dir, err := parseWithDir(fs, args, stderr)
 	if err != nil {
-		return err
+		return nil, "", err
 	}
-	lp, err := loadPolicy(dir, pf)
+	lp, err := loadPolicy(dir, *pf)
 	if err != nil {
-		return err
+		return nil, "", err
 	}
-	defer lp.close()
 	fmt.Fprintln(stdout, lp.summary())
-	return nil
+	return lp, dir, nil
 }
 
 func runPolicyTest(args []string, stdout, stderr io.Writer) error {
@@ -201,16 +211,11 @@ Flags:
 `)
 		fs.PrintDefaults()
 	}
-	dir, err := parseWithDir(fs, args, stderr)
-	if err != nil {
-		return err
-	}
-	lp, err := loadPolicy(dir, pf)
+	lp, dir, err := checkPolicy(fs, args, &pf, stdout, stderr)
 	if err != nil {
 		return err
 	}
 	defer lp.close()
-	fmt.Fprintln(stdout, lp.summary())
 	results, err := groups.RunTests(lp.policy, dir)
 	if err != nil {
 		return err

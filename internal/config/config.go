@@ -556,7 +556,7 @@ func unknownFieldMsg(name string, t reflect.Type) string {
 	}
 	best, bestDist := "", 3 // suggest only close matches
 	for _, f := range fields {
-		if dist := editDistance(strings.ToLower(name), strings.ToLower(f)); dist < bestDist {
+		if dist := EditDistance(strings.ToLower(name), strings.ToLower(f)); dist < bestDist {
 			best, bestDist = f, dist
 		}
 	}
@@ -661,8 +661,13 @@ func eachYAMLField(t reflect.Type, fn func(name string, f reflect.StructField) b
 	return true
 }
 
-// editDistance is the Levenshtein distance, for "did you mean".
-func editDistance(a, b string) int {
+// EditDistance is the Levenshtein distance, for "did you mean"
+// suggestions. Strings longer than 64 bytes are never suggested: they get
+// 64, which keeps a suggestion over many long names cheap.
+func EditDistance(a, b string) int {
+	if len(a) > 64 || len(b) > 64 {
+		return 64
+	}
 	prev := make([]int, len(b)+1)
 	cur := make([]int, len(b)+1)
 	for j := range prev {
