@@ -18,9 +18,9 @@ import (
 //     "/files/**/*.pdf", "/users/*/keys/**". A wildcard only ever stands
 //     for a real name: it never matches an empty, "." or ".." segment, so a
 //     glob matches nothing but canonical paths (see isCanonicalPath). The
-//     one empty segment of a canonical path, a trailing "/", is matched by
-//     "**" or by a pattern that itself ends in "/": "/a/**/b" does not
-//     match "/a/b/", "/a/**" does.
+//     one empty segment of a canonical path, a trailing "/", is matched
+//     only by "**": "/a/**/b" does not match "/a/b/", "/a/**" does. A glob
+//     may not end in "/" itself.
 //
 // Matching is byte for byte and case-sensitive on the canonical path the
 // edge forwards, so patterns must be canonical themselves, and "?", "[",
@@ -101,6 +101,11 @@ func compilePathPattern(p string) (pp pathPattern, msg string) {
 	switch {
 	case glob && isExact:
 		return pathPattern{}, fmt.Sprintf(`%q: a pattern with "*" is always matched against the whole path; drop the "="`, p)
+	case glob && strings.HasSuffix(body, "/"):
+		// "/a/**/" would match "/a/x/" but not "/a/x": as a deny rule, a
+		// bypass waiting to happen.
+		return pathPattern{}, fmt.Sprintf(`%q has a trailing "/": write %q (a glob matches the whole path; "**" at the end also matches a trailing "/")`,
+			p, strings.TrimRight(body, "/"))
 	case glob:
 		return compileGlob(p)
 	case isExact:
