@@ -80,7 +80,7 @@ func compileConditions(gs []*group) (*conditions, error) {
 		if n > 1 {
 			g.matcher = "m" + strconv.Itoa(n)
 		}
-		fmt.Fprintf(&b, "%s = %s\n", g.matcher, g.when.Casbin())
+		fmt.Fprintf(&b, "# group %s\n%s = %s\n", strconv.Quote(g.name), g.matcher, g.when.Casbin())
 		for _, r := range g.when.Refs() {
 			refs[r] = true
 		}
@@ -131,8 +131,14 @@ func compileConditions(gs []*group) (*conditions, error) {
 	return c, nil
 }
 
-// Model returns the generated Casbin model text.
-func (c *conditions) Model() string { return c.model }
+// CasbinModel returns the Casbin model generated for the policy's group
+// conditions (`ztna policy check --casbin` prints it).
+func (p *Policy) CasbinModel() string {
+	if p == nil {
+		return ""
+	}
+	return p.cond.model
+}
 
 func (c *conditions) enforce(g *group, sub map[string]any) (bool, error) {
 	return c.enf.Enforce(casbin.EnforceContext{RType: "r", PType: "p", EType: "e", MType: g.matcher}, sub)

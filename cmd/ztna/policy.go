@@ -133,8 +133,9 @@ func runPolicyCheck(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("policy check", flag.ContinueOnError)
 	var pf policyFlags
 	pf.register(fs)
+	casbinModel := fs.Bool("casbin", false, "also print the Casbin model generated for the groups' conditions")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), `Usage: ztna policy check [--config FILE] [--geoip FILE] DIR
+		fmt.Fprint(fs.Output(), `Usage: ztna policy check [--config FILE] [--geoip FILE] [--casbin] DIR
 
 Compiles the policy in DIR (every *.yaml file below it but *_test.yaml and
 hidden ones) exactly as the edge does, and prints
@@ -152,7 +153,10 @@ Flags:
 	if err != nil {
 		return err
 	}
-	lp.close()
+	defer lp.close()
+	if *casbinModel {
+		fmt.Fprint(stdout, "\n"+lp.policy.CasbinModel())
+	}
 	return nil
 }
 

@@ -113,6 +113,12 @@ func TestPolicyExampleRepositoryPasses(t *testing.T) {
 		t.Fatalf("check: exit %d\nstdout: %s\nstderr: %s", code, stdout, stderr)
 	}
 
+	// --casbin prints the generated model: one matcher per group condition.
+	code, stdout, _ = policyRun(t, "check", "--casbin", examplePolicy)
+	if code != 0 || !strings.Contains(stdout, "[matchers]\n# group \"security-tech\"\nm = (r.sub.user_department == \"Security Tech\")\n") {
+		t.Errorf("check --casbin: exit %d\n%s", code, stdout)
+	}
+
 	// -v after DIR: flags may follow the directory.
 	code, stdout, stderr = policyRun(t, "test", examplePolicy, "-v")
 	lines := strings.Split(strings.TrimSuffix(stdout, "\n"), "\n")
