@@ -75,7 +75,7 @@ func TestPolicyUsage(t *testing.T) {
 		{[]string{"check"}, 2, "", "ztna policy check: the policy directory DIR is required"},
 		{[]string{"check", dir, "extra"}, 2, "", `ztna policy check: unexpected argument "extra"`},
 		{[]string{"check", "--nope", dir}, 2, "", "flag provided but not defined: -nope"},
-		{[]string{"check", "-h"}, 0, "", "Usage: ztna policy check [--config FILE] [--geoip FILE] DIR"},
+		{[]string{"check", "-h"}, 0, "", "Usage: ztna policy check [--config FILE] [--geoip FILE] [--casbin] DIR"},
 		{[]string{"test", "-h"}, 0, "", "not_groups: [security-policy]"},
 		{[]string{"test", dir, "--bogus"}, 2, "", "flag provided but not defined: -bogus"},
 		{[]string{"explain", "--help"}, 0, "", "Exit status: 0 the request is allowed, 2 it is denied, 1 an error or bad usage."},
