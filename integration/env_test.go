@@ -637,13 +637,25 @@ type auditEvent struct {
 }
 
 // auditEvents parses the audit output so far.
+// auditLines returns the complete lines of the audit log so far: the writer
+// flushes its buffer as it fills, which may end in the middle of a line.
+func auditLines(t *testing.T, env *devenv.Env) []string {
+	t.Helper()
+	text := auditLog(t, env).String()
+	text = text[:strings.LastIndexByte(text, '\n')+1]
+	var lines []string
+	for _, line := range strings.Split(text, "\n") {
+		if strings.TrimSpace(line) != "" {
+			lines = append(lines, line)
+		}
+	}
+	return lines
+}
+
 func auditEvents(t *testing.T, env *devenv.Env) []auditEvent {
 	t.Helper()
 	var evs []auditEvent
-	for _, line := range strings.Split(auditLog(t, env).String(), "\n") {
-		if strings.TrimSpace(line) == "" {
-			continue
-		}
+	for _, line := range auditLines(t, env) {
 		var ev auditEvent
 		if err := json.Unmarshal([]byte(line), &ev); err != nil {
 			t.Fatalf("audit line is not JSON: %v: %q", err, line)

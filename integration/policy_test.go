@@ -48,12 +48,7 @@ type policyAudit struct {
 func policyAudits(t *testing.T, env *devenv.Env) []policyAudit {
 	t.Helper()
 	var out []policyAudit
-	text := auditLog(t, env).String()
-	text = text[:strings.LastIndexByte(text, '\n')+1]
-	for _, line := range strings.Split(text, "\n") {
-		if strings.TrimSpace(line) == "" {
-			continue
-		}
+	for _, line := range auditLines(t, env) {
 		var ev policyAudit
 		if err := json.Unmarshal([]byte(line), &ev); err != nil {
 			t.Fatalf("audit line is not JSON: %v: %q", err, line)
