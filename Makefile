@@ -21,6 +21,8 @@ FUZZ_TARGETS := \
 	./proxy/identity:FuzzVerify:80000 \
 	./proxy/identity:FuzzListenerHeader:50000 \
 	./proxy/edge:FuzzRedirectHost:80000 \
+	./proxy/tunnel:FuzzReadHeader:50000 \
+	./proxy/tunnel:FuzzReadFrame:30000 \
 	./proxy/edge:FuzzInboundProxyHeader:25000 \
 	./internal/config:FuzzParse:100000 \
 	./groups:FuzzDecide:50000 \

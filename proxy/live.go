@@ -17,7 +17,9 @@ type cut struct {
 
 func (c *cut) Error() string { return c.reason }
 
-// liveEntry is one long-lived exchange: a WebSocket or a streamed response.
+// liveEntry is one long-lived exchange: a WebSocket, a streamed response,
+// a tunnel stream — or a tunnel connection itself (req.App == ""), which
+// only a session or device revocation or a quarantine ends.
 type liveEntry struct {
 	sessKey string
 	device  string // "" when the client presented no device certificate
@@ -107,6 +109,9 @@ func (l *liveRegistry) revokeDevice(id, reason string) {
 func (l *liveRegistry) reevaluate(p groups.Authorizer, reason string) {
 	now := time.Now()
 	l.closeEach(func(e *liveEntry) *cut {
+		if e.req.App == "" {
+			return nil
+		}
 		req := e.req
 		req.Time = now
 		if d := p.Decide(req); !d.Allow {

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/http"
@@ -250,10 +252,19 @@ func refusalVerdict(he *httperr.Error) (verdict, reason string) {
 // replaced by a renewal, or bound to another user — is a deny: the edge
 // never falls back to "no device" for a device it does not trust.
 func (e *Edge) device(r *http.Request, sess *authn.Session) (string, *httperr.Error) {
-	if e.devices == nil || r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+	if r.TLS == nil {
 		return "", nil
 	}
-	d, err := e.devices.Check(r.Context(), r.TLS.PeerCertificates, time.Now())
+	return e.deviceOf(r.Context(), r.TLS.PeerCertificates, sess)
+}
+
+// deviceOf identifies the device by the client certificate chain a TLS or
+// QUIC handshake presented: "" without one.
+func (e *Edge) deviceOf(ctx context.Context, certs []*x509.Certificate, sess *authn.Session) (string, *httperr.Error) {
+	if e.devices == nil || len(certs) == 0 {
+		return "", nil
+	}
+	d, err := e.devices.Check(ctx, certs, time.Now())
 	if err != nil {
 		he := &httperr.Error{Status: http.StatusForbidden, Code: "device_refused", Title: "Device not accepted",
 			Message: "This device's certificate is not accepted: it was revoked or replaced.",

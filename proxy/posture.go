@@ -98,6 +98,9 @@ func (e *Edge) recheckPosture(filter func(*liveEntry) bool, reason string) {
 // step, then the policy with the current time and the device's current
 // platform and profiles. It returns why the exchange must close, or nil.
 func (e *Edge) recheck(st *State, le *liveEntry, now time.Time) *cut {
+	if le.req.App == "" {
+		return nil // a tunnel connection: its streams are decided one by one
+	}
 	a := st.apps[le.req.App]
 	if a == nil {
 		return &cut{reason: "the app was removed"}

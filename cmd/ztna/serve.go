@@ -100,6 +100,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 		Metrics:    reg,
 		Registerer: reg,
 		Logger:     logger,
+		Tunnel:     px.ServeTunnel,
 	})
 	if err != nil {
 		return err

@@ -37,6 +37,11 @@ type Event struct {
 	Reason   string        `json:"reason,omitempty"`
 	Policy   string        `json:"policy,omitempty"` // the version of the policy that decided
 	Latency  time.Duration `json:"latency_ns"`
+	// Tunnel streams' close events: bytes client → app and app → client,
+	// and how long the stream lived.
+	BytesUp   int64         `json:"bytes_up,omitempty"`
+	BytesDown int64         `json:"bytes_down,omitempty"`
+	Duration  time.Duration `json:"duration_ns,omitempty"`
 }
 
 // Log is an asynchronous audit writer. Events go through a bounded queue; if
@@ -153,7 +158,21 @@ func (e *Event) appendJSON(b []byte) []byte {
 	b = appendField(b, "policy", e.Policy, true)
 	b = append(b, `,"latency_ns":`...)
 	b = strconv.AppendInt(b, int64(e.Latency), 10)
+	b = appendInt(b, "bytes_up", e.BytesUp)
+	b = appendInt(b, "bytes_down", e.BytesDown)
+	b = appendInt(b, "duration_ns", int64(e.Duration))
 	return append(b, '}', '\n')
+}
+
+// appendInt appends a numeric field, omitted when zero.
+func appendInt(b []byte, name string, v int64) []byte {
+	if v == 0 {
+		return b
+	}
+	b = append(b, ',', '"')
+	b = append(b, name...)
+	b = append(b, '"', ':')
+	return strconv.AppendInt(b, v, 10)
 }
 
 func appendField(b []byte, name, v string, omitEmpty bool) []byte {

@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/quic-go/quic-go"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/ztna-dev/ztna/authn"
@@ -43,6 +44,7 @@ import (
 	"github.com/ztna-dev/ztna/proxy"
 	"github.com/ztna-dev/ztna/proxy/edge"
 	"github.com/ztna-dev/ztna/proxy/identity"
+	"github.com/ztna-dev/ztna/proxy/tunnel"
 )
 
 // Options configure the dev system. Zero values are the `ztna dev` defaults.
@@ -182,6 +184,7 @@ func Start(ctx context.Context, o Options) (env *Env, err error) {
 		Registerer: o.Registry,
 		Logger:     o.Logger,
 		Ready:      func() bool { return late.e.Load() != nil },
+		Tunnel:     late.ServeTunnel,
 	})
 	if err != nil {
 		return nil, err
@@ -538,6 +541,14 @@ func (l *lateEdge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	http.Error(w, "starting", http.StatusServiceUnavailable)
+}
+
+func (l *lateEdge) ServeTunnel(ctx context.Context, conn *quic.Conn) {
+	if e := l.e.Load(); e != nil {
+		e.ServeTunnel(ctx, conn)
+		return
+	}
+	_ = conn.CloseWithError(tunnel.CodeGoingAway, "starting")
 }
 
 func (l *lateEdge) GetCertificate(h *tls.ClientHelloInfo) (*tls.Certificate, error) {

@@ -26,6 +26,8 @@ type metrics struct {
 	open          *prometheus.GaugeVec   // ztna_edge_connections_open{proto}
 	maxClosed     *prometheus.CounterVec // ztna_edge_connections_max_duration_closed_total{proto}
 	proxyRejected *prometheus.CounterVec // ztna_edge_proxy_protocol_rejected_total{reason}
+	tunnelOpen    prometheus.Gauge       // ztna_edge_tunnel_connections
+	tunnelClosed  *prometheus.CounterVec // ztna_edge_tunnel_connections_closed_total{reason}
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -42,6 +44,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "ztna_edge_proxy_protocol_rejected_total",
 			Help: "Connections closed by the inbound PROXY protocol check (listen.proxy_protocol), by reason: untrusted_header, bad_header, timeout, missing_header.",
 		}, []string{"reason"}),
+		tunnelOpen: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ztna_edge_tunnel_connections",
+			Help: "Tunnel connections (QUIC, ALPN " + TunnelALPN + ") open on the edge after the TLS handshake.",
+		}),
+		tunnelClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ztna_edge_tunnel_connections_closed_total",
+			Help: "Tunnel connections the edge itself ended or refused, by reason: drain (shutdown), max_duration (listen.max_connection_duration), limit (too many tunnel connections), panic (the tunnel handler panicked).",
+		}, []string{"reason"}),
 	}
 	// Initialise the label values so dashboards see zeros, not gaps.
 	for _, p := range []string{protoH1, protoH2, protoH3} {
@@ -50,6 +60,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	for _, r := range []string{rejectUntrusted, rejectBad, rejectTimeout, rejectMissing} {
 		m.proxyRejected.WithLabelValues(r)
+	}
+	for _, r := range []string{tunnelClosedDrain, tunnelClosedMaxDuration, tunnelClosedLimit, tunnelClosedPanic} {
+		m.tunnelClosed.WithLabelValues(r)
 	}
 	if reg == nil {
 		return m, nil
@@ -62,6 +75,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return nil, err
 	}
 	if m.proxyRejected, err = register(reg, m.proxyRejected); err != nil {
+		return nil, err
+	}
+	if m.tunnelOpen, err = register(reg, m.tunnelOpen); err != nil {
+		return nil, err
+	}
+	if m.tunnelClosed, err = register(reg, m.tunnelClosed); err != nil {
 		return nil, err
 	}
 	return m, nil

@@ -36,6 +36,12 @@ type Options struct {
 	Logger *slog.Logger
 	// Ready is an extra readiness condition for /readyz. nil → always true.
 	Ready func() bool
+	// Tunnel serves client tunnel connections (ALPN TunnelALPN) on the
+	// HTTPS port over UDP, the socket HTTP/3 uses; the edge dispatches QUIC
+	// connections by ALPN. nil → the tunnel ALPN is not offered. With
+	// listen.http3 off, UDP is still bound for the tunnel alone (and no
+	// Alt-Svc is advertised).
+	Tunnel TunnelHandler
 }
 
 // forceCloseWait bounds how long Shutdown waits for handlers and serve loops
@@ -66,6 +72,10 @@ type Server struct {
 
 	// janitorEvery overrides the janitor interval (tests); negative disables.
 	janitorEvery time.Duration
+	// tunnelGoAwayGrace is how long a tunnel handler has after
+	// max_connection_duration cancelled its context (tests shorten it).
+	tunnelGoAwayGrace time.Duration
+	tunnels           *tunnelTracker // nil without Options.Tunnel
 
 	// altSvc is written in Start before any serving goroutine starts.
 	altSvc string
@@ -81,6 +91,12 @@ type Server struct {
 	h3         *http3.Server
 	redirect   *http.Server
 	admin      *http.Server
+	// With Options.Tunnel the edge runs the QUIC listener itself and hands
+	// HTTP/3 connections to h3 through h3Queue; otherwise h3 listens.
+	quicLn   *quic.Listener
+	quicTLS  *tls.Config
+	quicConf *quic.Config
+	h3Queue  *quicConnQueue
 
 	serveWG     sync.WaitGroup // serve loops and the janitor
 	janitorStop chan struct{}
@@ -123,6 +139,11 @@ func New(cfg Config, opts Options) (*Server, error) {
 		serveErrCh:   make(chan struct{}),
 		shutdownDone: make(chan struct{}),
 		janitorStop:  make(chan struct{}),
+
+		tunnelGoAwayGrace: defaultTunnelGoAwayGrace,
+	}
+	if opts.Tunnel != nil {
+		s.tunnels = newTunnelTracker(m, defaultTunnelLimit)
 	}
 	if s.inbound, err = newInboundPolicy(s.cfg.ProxyProtocol, m, s.log); err != nil {
 		return nil, fmt.Errorf("edge: listen.proxy_protocol: %w", err)
@@ -162,6 +183,18 @@ func (s *Server) Start() error {
 		return err
 	}
 	s.build()
+	if s.udpConn != nil {
+		// Before quic-go touches the socket, so its own warning is silenced.
+		checkUDPBuffers(s.udpConn, quicBufferSize, &udpBufferWarnOnce, s.log)
+	}
+	if s.tunnels != nil {
+		ln, err := quic.Listen(s.udpConn, s.quicTLS, s.quicConf)
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("edge: listen.address %s (udp, QUIC): %w", s.udpConn.LocalAddr(), err)
+		}
+		s.quicLn = ln
+	}
 
 	httpsLn, redirectLn := s.tcpLn, s.redirectLn
 	if s.inbound != nil {
@@ -174,8 +207,13 @@ func (s *Server) Start() error {
 	s.goServe("https", func() error {
 		return s.https.ServeTLS(&trackedListener{Listener: httpsLn, t: s.conns}, "", "")
 	})
-	if s.h3 != nil {
-		checkUDPBuffers(s.udpConn, quicBufferSize, &udpBufferWarnOnce, s.log)
+	switch {
+	case s.quicLn != nil:
+		if s.h3 != nil {
+			s.goServe("http3", func() error { return s.h3.ServeListener(s.h3Queue) })
+		}
+		s.goServe("quic", s.acceptQUIC)
+	case s.h3 != nil:
 		s.goServe("http3", func() error { return s.h3.Serve(s.udpConn) })
 	}
 	if s.redirect != nil {
@@ -189,7 +227,7 @@ func (s *Server) Start() error {
 	}
 	s.started = true
 	s.serving.Store(true)
-	s.log.Info("edge: listening", "https", addrString(s.tcpLn), "http3", s.udpConn != nil,
+	s.log.Info("edge: listening", "https", addrString(s.tcpLn), "http3", s.h3 != nil, "tunnel", s.tunnels != nil,
 		"http_redirect", addrString(s.redirectLn), "admin", addrString(s.adminLn),
 		"proxy_protocol", s.inbound != nil)
 	return nil
@@ -199,6 +237,10 @@ func (s *Server) Start() error {
 func (s *Server) warnInbound() {
 	if s.h3 != nil {
 		s.log.Warn("edge: listen.proxy_protocol covers TCP only: HTTP/3 (UDP) clients appear with the load balancer's address unless it forwards UDP transparently; set listen.http3: false otherwise",
+			"trusted_cidrs", s.cfg.ProxyProtocol.TrustedCIDRs)
+	}
+	if s.tunnels != nil {
+		s.log.Warn("edge: listen.proxy_protocol covers TCP only: tunnel (QUIC over UDP) clients appear with the load balancer's address unless it forwards UDP transparently",
 			"trusted_cidrs", s.cfg.ProxyProtocol.TrustedCIDRs)
 	}
 	for _, pfx := range s.inbound.trusted {
@@ -211,7 +253,7 @@ func (s *Server) warnInbound() {
 
 func (s *Server) bind() error {
 	var err error
-	s.tcpLn, s.udpConn, err = listenTCPUDP(s.cfg.Address, *s.cfg.HTTP3)
+	s.tcpLn, s.udpConn, err = listenTCPUDP(s.cfg.Address, *s.cfg.HTTP3 || s.opts.Tunnel != nil)
 	if err != nil {
 		return err
 	}
@@ -284,7 +326,7 @@ func (s *Server) build() {
 	}
 	tlsConf.NextProtos = protos
 
-	if s.udpConn != nil {
+	if s.udpConn != nil && *cfg.HTTP3 {
 		s.altSvc = fmt.Sprintf(`h3=":%d"; ma=86400`, s.udpConn.LocalAddr().(*net.UDPAddr).Port)
 		h3TLS := s.opts.TLSConfig.Clone()
 		h3TLS.MinVersion = tls.VersionTLS13
@@ -298,10 +340,25 @@ func (s *Server) build() {
 			},
 			MaxHeaderBytes: cfg.MaxHeaderBytes,
 			IdleTimeout:    cfg.IdleTimeout,
-			ConnContext:    s.conns.quicConnContext(s.baseCtx),
+			// Also applied to connections handed over by the edge's own
+			// QUIC listener (ServeListener → the same connection setup).
+			ConnContext: s.conns.quicConnContext(s.baseCtx),
 			// http3 logs each request URI at debug level; URIs can carry
 			// codes and tokens, so only info and above reach our logger.
 			Logger: slog.New(minLevelHandler{Handler: s.log.Handler(), min: slog.LevelInfo}),
+		}
+	}
+
+	if s.tunnels != nil {
+		protos := []string{TunnelALPN}
+		if s.h3 != nil {
+			protos = []string{http3.NextProtoH3, TunnelALPN}
+			s.h3Queue = newQUICConnQueue(s.udpConn.LocalAddr())
+		}
+		s.quicTLS = quicTLSConfig(s.opts.TLSConfig, protos)
+		s.quicConf = &quic.Config{
+			Allow0RTT:          false, // see the HTTP/3 config; the tunnel protocol forbids it too
+			MaxIncomingStreams: tunnelMaxStreams,
 		}
 	}
 
@@ -406,7 +463,8 @@ func (s *Server) janitor(every time.Duration) {
 // Addr is the bound HTTPS TCP address (nil before Start).
 func (s *Server) Addr() net.Addr { return s.addrOf(func() net.Addr { return lnAddr(s.tcpLn) }) }
 
-// UDPAddr is the bound HTTP/3 UDP address (nil if HTTP/3 is off).
+// UDPAddr is the bound UDP address of HTTP/3 and the tunnel (nil if both
+// are off).
 func (s *Server) UDPAddr() net.Addr {
 	return s.addrOf(func() net.Addr {
 		if s.udpConn == nil {
@@ -467,10 +525,13 @@ func (s *Server) Run(ctx context.Context) error {
 //  1. /readyz turns 503 and HTTPS responses carry Connection: close (h1
 //     closes, h2 GOAWAY); idle HTTP/3 connections are closed.
 //  2. Wait DrainDelay (or until ctx ends) so load balancers notice.
-//  3. Close the HTTPS, HTTP/3 and redirect listeners; in-flight requests,
-//     including hijacked WebSockets, get GraceTimeout (bounded by ctx).
+//  3. Close the HTTPS, HTTP/3 and redirect listeners and cancel every tunnel
+//     handler's context (cause ErrDraining); in-flight requests, including
+//     hijacked WebSockets, and tunnel handlers get GraceTimeout (bounded by
+//     ctx).
 //  4. If they are not done by then, BaseContext is cancelled and every
-//     remaining connection is closed, hijacked ones included; handlers get
+//     remaining connection is closed, hijacked ones included, tunnel
+//     connections with application error 0x103 (going away); handlers get
 //     a short bounded time to return.
 //  5. Close the admin listener and return.
 //
@@ -521,6 +582,17 @@ func (s *Server) shutdown(ctx context.Context) error {
 	// graceCtx, http3 raced the cancellation).
 	h3Ctx, cutH3 := context.WithCancel(context.Background())
 	defer cutH3()
+	tunnelsCancelled := 0
+	if s.quicLn != nil {
+		// The edge's own QUIC listener: new connections are refused,
+		// established ones (HTTP/3 and tunnel) carry on. Tunnel handlers
+		// are told to go away now; they have the grace period to finish.
+		_ = s.quicLn.Close()
+		if s.h3Queue != nil {
+			_ = s.h3Queue.Close()
+		}
+		tunnelsCancelled = s.tunnels.goAwayAll()
+	}
 	var servers sync.WaitGroup
 	servers.Go(func() { _ = s.https.Shutdown(graceCtx) })
 	if s.h3 != nil {
@@ -545,6 +617,13 @@ func (s *Server) shutdown(ctx context.Context) error {
 	case <-graceCtx.Done():
 		graceful = false
 	}
+	if graceful && s.tunnels != nil {
+		select {
+		case <-s.tunnels.running.idle():
+		case <-graceCtx.Done():
+			graceful = false
+		}
+	}
 
 	var errs []error
 	if !graceful {
@@ -556,8 +635,13 @@ func (s *Server) shutdown(ctx context.Context) error {
 			_ = s.redirect.Close()
 		}
 		closed := s.conns.closeAllTCP()
+		tunnelsClosed := 0
+		if s.tunnels != nil {
+			tunnelsClosed = s.tunnels.closeAll()
+		}
 		s.log.Warn("edge: grace period over, closing remaining connections",
-			"handlers_running", running, "tcp_connections_closed", closed)
+			"handlers_running", running, "tcp_connections_closed", closed,
+			"tunnels_told_to_go_away", tunnelsCancelled, "tunnel_connections_closed", tunnelsClosed)
 	}
 	// One deadline for everything that must stop now; a context, unlike a
 	// timer channel, can be waited on more than once.
@@ -573,10 +657,19 @@ func (s *Server) shutdown(ctx context.Context) error {
 	case <-stopCtx.Done():
 		errs = append(errs, fmt.Errorf("edge: %d handlers still running after their connections were closed", s.inflight.count()))
 	}
+	if s.tunnels != nil {
+		select {
+		case <-s.tunnels.running.idle():
+		case <-stopCtx.Done():
+			errs = append(errs, fmt.Errorf("edge: %d tunnel handlers still running after their connections were closed", s.tunnels.running.count()))
+		}
+	}
 
 	close(s.janitorStop)
 	if s.udpConn != nil {
-		_ = s.udpConn.Close() // http3.Server.Serve never closes the socket it was given
+		// Neither http3.Server.Serve nor quic-go's listener closes the
+		// socket it was given.
+		_ = s.udpConn.Close()
 	}
 	if s.admin != nil {
 		actx, cancel := context.WithTimeout(context.Background(), adminShutdownWait)
@@ -613,6 +706,9 @@ func (s *Server) closeListeners() {
 		if ln != nil {
 			_ = ln.Close()
 		}
+	}
+	if s.quicLn != nil {
+		_ = s.quicLn.Close()
 	}
 	if s.udpConn != nil {
 		_ = s.udpConn.Close()

@@ -1,0 +1,16 @@
+// Package tunnel is the ztna client tunnel: the version 1 wire protocol
+// (control frames, data-stream headers and replies, error codes) shared by the
+// edge and the client, the client that carries TCP connections to declared
+// apps over one QUIC connection to the edge, and the local listeners that feed
+// it (port forward, SOCKS5, HTTP CONNECT).
+//
+// The wire format is specified in the issue 7 protocol brief (T-protocol.md);
+// this package is its only implementation, and the edge endpoint in package
+// proxy uses the same functions, so the two sides cannot drift apart.
+//
+// What it must never do: log or print the bearer token (Frame redacts it);
+// read an unbounded amount from the peer (every parser has a fixed bound);
+// reach anything but a declared app by name (local listeners accept app names
+// only, never IP addresses or arbitrary hosts); retry an authentication
+// failure forever.
+package tunnel
