@@ -179,6 +179,10 @@ func (s *Service) ServeReserved(w http.ResponseWriter, r *http.Request, authHost
 		return s.callback(w, r)
 	case authHost && r.URL.Path == PathBackchannel:
 		return s.backchannel(w, r)
+	case authHost && r.URL.Path == PathCLILogin:
+		return s.cliLogin(w, r)
+	case authHost && r.URL.Path == PathCLIToken:
+		return s.cliToken(w, r)
 	case authHost && r.URL.Path == PathSignedOut:
 		s.opts.Pages.SignedOut(w)
 		return nil
@@ -198,6 +202,9 @@ type loginState struct {
 	BindHash   string    `json:"b"`  // hash of the auth-host bind cookie
 	HandoffFor string    `json:"hb"` // hash of the app-host bind cookie
 	Created    time.Time `json:"t"`
+	// CLI is set for a native-app login (cli.go): it ends at the CLI's
+	// loopback listener, not in this browser.
+	CLI *cliRequest `json:"cli,omitempty"`
 }
 
 // handoffRecord carries a session from the auth host to one app host. The
@@ -305,6 +312,9 @@ func (s *Service) callback(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("create session: %w", err)
 	}
 	s.logger.Info("login", "user", id.Subject, "email", id.Email, "session", sess.Ref())
+	if ls.CLI != nil {
+		return s.finishCLILogin(w, r, sess, ls.CLI) // no cookie: the session is the CLI's
+	}
 	setCookie(w, SessionCookie, sess.ID, sess.ExpiresAt.Sub(s.opts.Now()))
 	return s.returnTo(w, r, sess.ID, ls.ReturnURL, ls.HandoffFor)
 }

@@ -68,7 +68,7 @@ func printBanner(w io.Writer, env *devenv.Env, admin, cfgFile string) {
 	fmt.Fprintf(&b, "    %-40s only from an enrolled device passing the strict posture profile:\n", env.AppURL("strict")+"/")
 	fmt.Fprintf(&b, "    %-40s shows what this machine fails and how to fix it\n", "")
 	fmt.Fprintf(&b, "    %-40s TCP echo app; greets you with the identity the edge signed\n", "echo ("+env.EchoAddr+")")
-	fmt.Fprintf(&b, "    %-40s (only the edge can connect; users will reach it through `ztna tunnel`, next)\n", "")
+	fmt.Fprintf(&b, "    %-40s (only the edge can connect: reach it through the tunnel, below)\n", "")
 	fmt.Fprintf(&b, "\n  Every app sits behind PROXY protocol v2: the page shows the identity verified\n")
 	fmt.Fprintf(&b, "  on its connection as well as the signed X-Ztna-Assertion header.\n")
 	fmt.Fprintf(&b, "\n  Edge login host   %s\n", env.AuthOrigin)
@@ -84,6 +84,12 @@ func printBanner(w io.Writer, env *devenv.Env, admin, cfgFile string) {
 		fmt.Fprintf(&b, "\n  This machine is enrolled as device %s (user alice), and the agent runs\n", env.LocalDeviceID)
 		fmt.Fprintf(&b, "  in-process, reporting its real posture every 30s. To let a browser present the\n")
 		fmt.Fprintf(&b, "  device certificate, see:  ztna agent status --state-dir %s\n", env.AgentDir)
+	}
+	if env.LocalDeviceID != "" {
+		fmt.Fprintf(&b, "\n  Client tunnel (this machine is the enrolled device; sign in as alice):\n")
+		fmt.Fprintf(&b, "    ztna tunnel login --edge %s --ca-file %s\n", env.AuthOrigin, env.CAFile)
+		fmt.Fprintf(&b, "    ztna tunnel forward --agent-dir %s --ca-file %s echo 127.0.0.1:7000\n", env.AgentDir, env.CAFile)
+		fmt.Fprintf(&b, "    nc 127.0.0.1 7000\n")
 	}
 	fmt.Fprintf(&b, "\n  Signal API (quarantine a device, as Falcosidekick would):\n")
 	fmt.Fprintf(&b, "    curl --cacert %s -H \"Authorization: Bearer $(cat %s)\" \\\n", env.CAFile, filepath.Join(filepath.Dir(env.CAFile), "signals-token"))

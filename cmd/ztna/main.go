@@ -25,6 +25,7 @@ Usage:
   ztna serve --config FILE         run the production edge
   ztna agent enroll|run|status     enroll this device; report its posture on a schedule; show both
   ztna policy check|test|explain   validate a policy directory; run its tests (CI); explain one decision
+  ztna tunnel login|status|forward|up   reach TCP apps through the edge from this enrolled device
   ztna version                     print the version
 
 Run 'ztna COMMAND -h' for the flags of a command.
@@ -54,6 +55,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runAgent(ctx, args[1:], stdout, stderr)
 	case "policy":
 		return runPolicy(args[1:], stdout, stderr)
+	case "tunnel":
+		return runTunnel(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "ztna", version)
 	case "help", "-h", "-help", "--help":
