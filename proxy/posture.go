@@ -81,6 +81,9 @@ func quarantined(q posture.QuarantineEntry, who string) *httperr.Error {
 
 // livePostureOK re-checks a live exchange against the current state.
 func (e *Edge) livePostureOK(st *State, le *liveEntry, now time.Time) bool {
+	if le.req.App == "" {
+		return true // a tunnel connection: quarantine closes it (onQuarantine), posture its streams
+	}
 	a := st.apps[le.req.App]
 	return a != nil && e.posture(a, le.req.Subject.User, le.req.Subject.Email, le.device, now) == nil
 }

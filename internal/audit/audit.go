@@ -54,6 +54,9 @@ type Log struct {
 	mu      sync.Mutex
 	dropped uint64
 	close   sync.Once
+
+	closeMu sync.RWMutex // Record holds it to read; Close to close the queue
+	closed  bool
 }
 
 // New starts a writer of JSON lines to w. Flush interval is how often
@@ -73,8 +76,18 @@ func New(w io.Writer, flushEvery time.Duration, logger *slog.Logger) *Log {
 	return l
 }
 
-// Record queues e. It never blocks.
+// Record queues e. It never blocks. An event recorded after Close (a
+// connection still finishing while the process shuts down) is counted as
+// dropped rather than crashing the process.
 func (l *Log) Record(e Event) {
+	l.closeMu.RLock()
+	defer l.closeMu.RUnlock()
+	if l.closed {
+		l.mu.Lock()
+		l.dropped++
+		l.mu.Unlock()
+		return
+	}
 	select {
 	case l.queue <- e:
 	default:
@@ -123,9 +136,14 @@ func (l *Log) run(bw *bufio.Writer, flushEvery time.Duration) {
 }
 
 // Close flushes queued events and stops the writer. It waits at most until
-// ctx is done. Record must not be called after Close.
+// ctx is done. Events recorded after Close are dropped.
 func (l *Log) Close(ctx context.Context) error {
-	l.close.Do(func() { close(l.queue) })
+	l.close.Do(func() {
+		l.closeMu.Lock()
+		l.closed = true
+		close(l.queue)
+		l.closeMu.Unlock()
+	})
 	select {
 	case <-l.done:
 		return nil
