@@ -386,18 +386,7 @@ func startLogin(t *testing.T, env *devenv.Env, app, path string) *loginForm {
 		t.Fatalf("authorize request lacks PKCE S256, state or nonce: %s", loc)
 	}
 	// 3. The IdP shows its login form (after its own redirects).
-	var page *response
-	for hop := 0; ; hop++ {
-		if hop > 4 {
-			t.Fatalf("IdP redirected too often before showing the login form")
-		}
-		r = get(t, c, loc.String(), asNavigation)
-		if r.StatusCode == http.StatusOK {
-			page = r
-			break
-		}
-		loc = expectRedirect(t, r, r.StatusCode, idpHost, "")
-	}
+	page := idpLoginPage(t, c, loc, idpHost)
 	action, fields := formFields(t, page.Body)
 	if fields.Get("authRequestID") == "" {
 		t.Fatalf("login form without authRequestID: %.500s", page.Body)
@@ -422,6 +411,22 @@ func (f *loginForm) submit(t *testing.T, user, password string) *response {
 // app → auth host /.ztna/login → IdP /authorize → IdP login form → POST
 // credentials → IdP callback → edge /.ztna/callback → app /.ztna/handoff →
 // the app path, whose answer is in Final (200, or a deny page).
+// idpLoginPage follows the IdP's own redirects from the authorize request
+// at loc to its login form.
+func idpLoginPage(t *testing.T, c *http.Client, loc *url.URL, idpHost string) *response {
+	t.Helper()
+	for hop := 0; ; hop++ {
+		if hop > 4 {
+			t.Fatalf("IdP redirected too often before showing the login form")
+		}
+		r := get(t, c, loc.String(), asNavigation)
+		if r.StatusCode == http.StatusOK {
+			return r
+		}
+		loc = expectRedirect(t, r, r.StatusCode, idpHost, "")
+	}
+}
+
 func loginFlow(t *testing.T, env *devenv.Env, app, path, user, password string) *loginResult {
 	t.Helper()
 	f := startLogin(t, env, app, path)

@@ -47,18 +47,7 @@ func cliBrowserLogin(t *testing.T, env *devenv.Env, loginURL, user, password str
 		t.Fatalf("authorize request lacks PKCE S256, state or nonce: %s", loc)
 	}
 	// 2. The IdP's login form, after its own redirects.
-	var page *response
-	for hop := 0; ; hop++ {
-		if hop > 4 {
-			t.Fatal("IdP redirected too often before showing the login form")
-		}
-		r = get(t, c, loc.String(), asNavigation)
-		if r.StatusCode == http.StatusOK {
-			page = r
-			break
-		}
-		loc = expectRedirect(t, r, r.StatusCode, idpHost, "")
-	}
+	page := idpLoginPage(t, c, loc, idpHost)
 	action, fields := formFields(t, page.Body)
 	target, err := page.Request.URL.Parse(action)
 	if err != nil {
