@@ -136,24 +136,37 @@ func (e *Edge) janitor(ctx context.Context) {
 	}
 }
 
-// Apply compiles cfg and, only if that fully succeeds, makes it the current
-// state. Live connections that the new policy no longer allows are closed.
-// On error the old state keeps serving.
-func (e *Edge) Apply(ctx context.Context, cfg *Config) (err error) {
+// Apply validates cfg (compiling its policy) and, only if that and
+// compiling the rest fully succeed, makes it the current state. Live
+// connections that the new policy no longer allows are closed. On error the
+// old state keeps serving.
+func (e *Edge) Apply(ctx context.Context, cfg *Config) error {
+	if err := cfg.Validate(); err != nil {
+		e.rejected(err)
+		return fmt.Errorf("config rejected: %w", err)
+	}
+	return e.apply(ctx, cfg)
+}
+
+// rejected counts a config that was refused.
+func (e *Edge) rejected(err error) {
+	e.metrics.reloads.WithLabelValues("rejected").Inc()
+	var pe *PolicyError
+	if errors.As(err, &pe) {
+		e.metrics.policyReloadErrors.Inc()
+	}
+}
+
+// apply is Apply for a config already validated (by LoadConfig or
+// Validate): its policy is compiled once, not again here.
+func (e *Edge) apply(ctx context.Context, cfg *Config) (err error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	defer func() {
 		if err != nil {
-			e.metrics.reloads.WithLabelValues("rejected").Inc()
+			e.rejected(err)
 		}
 	}()
-	if err := cfg.Validate(); err != nil {
-		var pe *PolicyError
-		if errors.As(err, &pe) {
-			e.metrics.policyReloadErrors.Inc()
-		}
-		return fmt.Errorf("config rejected: %w", err)
-	}
 	if old := e.state.Load(); old != nil {
 		if old.Config.AuthOrigin() != cfg.AuthOrigin() {
 			return errors.New("config rejected: auth_host and public_port cannot change on reload: restart the edge")

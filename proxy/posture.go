@@ -27,18 +27,8 @@ const postureSweep = 250 * time.Millisecond
 // it. It reads memory only and has no side effects, so live re-checks use
 // it too.
 func (e *Edge) posture(a *app, user, email, device string, now time.Time) *httperr.Error {
-	if q, ok := e.quarantine.User(user); ok {
-		return quarantined(q, "Your account")
-	}
-	if email != "" {
-		if q, ok := e.quarantine.User(email); ok {
-			return quarantined(q, "Your account")
-		}
-	}
-	if device != "" {
-		if q, ok := e.quarantine.Device(device); ok {
-			return quarantined(q, "This device")
-		}
+	if refused := e.quarantineRefusal(user, email, device); refused != nil {
+		return refused
 	}
 	if a.profile == nil {
 		return nil
@@ -60,6 +50,25 @@ func (e *Edge) posture(a *app, user, email, device string, now time.Time) *httpe
 		Message: fmt.Sprintf("%s requires the %q device profile. This device fails %d check(s):", a.Name, a.PostureProfile, len(checks)),
 		Hint:    "Fix the items above; access returns with the agent's next report, within a minute.",
 		Checks:  checks, Cause: fmt.Errorf("device %s fails profile %s: %s", device, a.PostureProfile, checks[0].Check)}
+}
+
+// quarantineRefusal refuses a user (by subject or email) or device in
+// quarantine, everywhere; nil when neither is.
+func (e *Edge) quarantineRefusal(user, email, device string) *httperr.Error {
+	if q, ok := e.quarantine.User(user); ok {
+		return quarantined(q, "Your account")
+	}
+	if email != "" {
+		if q, ok := e.quarantine.User(email); ok {
+			return quarantined(q, "Your account")
+		}
+	}
+	if device != "" {
+		if q, ok := e.quarantine.Device(device); ok {
+			return quarantined(q, "This device")
+		}
+	}
+	return nil
 }
 
 // quarantined is the inform page of a quarantine: what was detected and how

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -58,15 +57,11 @@ func (e *Edge) WatchConfig(ctx context.Context, path string, interval time.Durat
 // Reload loads path and applies it, logging the outcome. It reports whether
 // the new config is now serving.
 func (e *Edge) Reload(ctx context.Context, path string) bool {
-	cfg, err := LoadConfig(path)
+	cfg, err := LoadConfig(path) // validates, compiling the policy once
 	if err != nil {
-		e.metrics.reloads.WithLabelValues("rejected").Inc()
-		var pe *PolicyError
-		if errors.As(err, &pe) {
-			e.metrics.policyReloadErrors.Inc()
-		}
+		e.rejected(err)
 	} else {
-		err = e.Apply(ctx, cfg)
+		err = e.apply(ctx, cfg)
 	}
 	if err != nil {
 		e.logger.Error("config reload rejected; the previous config keeps serving", "file", path, "err", err)

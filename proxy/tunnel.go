@@ -148,11 +148,8 @@ func (e *Edge) tunnelHello(ctx context.Context, conn *quic.Conn) (*tunnelConn, b
 	case dev == "":
 		return refuse("device_required", "The tunnel needs this device's certificate: enroll it with `ztna agent enroll`.")
 	}
-	if q, ok := e.quarantine.Device(dev); ok {
-		return refuse("quarantined", "This device is isolated: "+q.Reason)
-	}
-	if q, ok := e.quarantine.User(sess.Identity.Subject); ok {
-		return refuse("quarantined", "Your account is isolated: "+q.Reason)
+	if q := e.quarantineRefusal(sess.Identity.Subject, sess.Identity.Email, dev); q != nil {
+		return refuse("quarantined", q.Message+" "+q.Checks[0].Reason)
 	}
 	tc.sessionID, tc.sessKey, tc.subject, tc.device = hello.Token, sess.Key, subjectOf(&sess.Identity), dev
 	tc.send(tunnel.Frame{Type: "welcome", User: sess.Identity.Subject, Email: sess.Identity.Email, Device: dev,

@@ -293,8 +293,12 @@ Flags:
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	runErr := make(chan error, 1)
-	wg.Go(func() { runErr <- sess.Run(ctx) })
+	var runErr error
+	runDone := make(chan struct{})
+	wg.Go(func() {
+		runErr = sess.Run(ctx)
+		close(runDone)
+	})
 	for _, l := range lns {
 		fmt.Fprintf(stdout, "%s on %s\n", l.what, l.ln.Addr())
 		wg.Go(func() {
@@ -303,19 +307,18 @@ Flags:
 			}
 		})
 	}
-	var err2 error
+	// Until interrupted, or until the session gives up for good (signed
+	// out, device refused).
 	select {
 	case <-ctx.Done():
-	case err2 = <-runErr:
-		// The session gave up for good (signed out, device refused).
-		runErr <- err2
+	case <-runDone:
 	}
 	cancel()
 	sess.Close()
 	closeAll()
 	wg.Wait()
-	if err := <-runErr; err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, tunnel.ErrSessionClosed) {
-		return err
+	if runErr != nil && !errors.Is(runErr, context.Canceled) && !errors.Is(runErr, tunnel.ErrSessionClosed) {
+		return runErr
 	}
 	return nil
 }
