@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +20,42 @@ import (
 // tunnelClient is a tunnel client of env for the session cookie and the
 // device certificate given (no certificate: none presented).
 func tunnelClient(t *testing.T, env *devenv.Env, cookie string, cert *tls.Certificate) *tunnel.Client {
+	t.Helper()
+	return tunnelClientVia(t, env, cookie, cert, viaQUIC)
+}
+
+// How a test's tunnel client reaches the edge.
+const (
+	viaQUIC       = "quic"
+	viaUDPBlocked = "udp-blocked" // QUIC to a closed UDP port, so the client falls back to HTTP/2
+)
+
+// tunnelClientVia is tunnelClient over the given path: viaUDPBlocked points
+// QUIC at a UDP port nobody listens on (the edge's TCP port stays
+// reachable), as a network that drops UDP would.
+func tunnelClientVia(t *testing.T, env *devenv.Env, cookie string, cert *tls.Certificate, via string) *tunnel.Client {
+	t.Helper()
+	c := tunnelClientTo(t, env, cookie, cert)
+	if via == viaUDPBlocked {
+		c.HTTPSAddr, c.Addr = env.EdgeAddr, closedUDPAddr(t)
+		c.QUICTimeout = 300 * time.Millisecond
+	}
+	return c
+}
+
+// closedUDPAddr is a loopback UDP address with no listener.
+func closedUDPAddr(t *testing.T) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := pc.LocalAddr().String()
+	pc.Close()
+	return addr
+}
+
+func tunnelClientTo(t *testing.T, env *devenv.Env, cookie string, cert *tls.Certificate) *tunnel.Client {
 	t.Helper()
 	tc := &tls.Config{RootCAs: devCAPool(t, env), ServerName: strings.TrimPrefix(env.AuthOrigin, "https://")}
 	if i := strings.LastIndexByte(tc.ServerName, ':'); i >= 0 {
@@ -37,7 +74,17 @@ func tunnelClient(t *testing.T, env *devenv.Env, cookie string, cert *tls.Certif
 // to end; carol sees no app and is refused per stream; every stream is
 // audited with its bytes.
 func TestTunnelReachesTCPApp(t *testing.T) {
+	for _, via := range []string{viaQUIC, viaUDPBlocked} {
+		t.Run(via, func(t *testing.T) { testTunnelReachesTCPApp(t, via) })
+	}
+}
+
+func testTunnelReachesTCPApp(t *testing.T, via string) {
 	env := newEnv(t)
+	tunnelClient := func(t *testing.T, env *devenv.Env, cookie string, cert *tls.Certificate) *tunnel.Client {
+		return tunnelClientVia(t, env, cookie, cert, via)
+	}
+	wantTransport := map[string]string{viaQUIC: tunnel.TransportQUIC, viaUDPBlocked: tunnel.TransportH2}[via]
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
@@ -63,6 +110,9 @@ func TestTunnelReachesTCPApp(t *testing.T) {
 	defer conn.Close()
 	if w := conn.Welcome(); w.User != "u-alice" || w.Device != devID || w.Policy == "" {
 		t.Errorf("welcome %+v", w)
+	}
+	if got := conn.Transport(); got != wantTransport {
+		t.Errorf("transport %s, want %s", got, wantTransport)
 	}
 	if apps := conn.Apps(); len(apps) != 1 || apps[0].Name != "echo" {
 		t.Errorf("alice's apps %+v, want only the TCP app echo", apps)
@@ -138,13 +188,19 @@ func TestTunnelReachesTCPApp(t *testing.T) {
 // second, with a reason the client sees, when the device is quarantined;
 // and the connection itself ends when the session is revoked.
 func TestTunnelStreamCutOnTrustChange(t *testing.T) {
+	for _, via := range []string{viaQUIC, viaUDPBlocked} {
+		t.Run(via, func(t *testing.T) { testTunnelStreamCutOnTrustChange(t, via) })
+	}
+}
+
+func testTunnelStreamCutOnTrustChange(t *testing.T, via string) {
 	env := newEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	alice := loginAs(t, env, "whoami", "alice", alicePassword)
 	cookie := sessionCookie(t, env, alice, "whoami")
 	devID, cert := enrollDevice(t, env, "u-alice")
-	conn, err := tunnelClient(t, env, cookie, &cert).Connect(ctx)
+	conn, err := tunnelClientVia(t, env, cookie, &cert, via).Connect(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,6 +232,9 @@ func TestTunnelStreamCutOnTrustChange(t *testing.T) {
 		t.Errorf("stream closed %v after the quarantine, want ≤ 1 s", took)
 	}
 	t.Logf("stream closed %v after the quarantine: %v", took, err)
+	if ce := new(tunnel.CutError); !errors.As(err, &ce) || !strings.Contains(ce.Reason, "quarantine") {
+		t.Errorf("the client got %v, want a cut with the quarantine as its reason", err)
+	}
 	select {
 	case <-conn.Done():
 	case <-time.After(2 * time.Second):

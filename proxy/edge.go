@@ -58,6 +58,7 @@ type Edge struct {
 	reports    *posture.Reports
 	quarantine *posture.Quarantine
 	notifier   *posture.Notifier // nil without signals.webhook_url_file
+	h2         h2Links           // tunnel connections over the HTTP/2 fallback
 
 	stop     context.CancelFunc // stops the pool janitor and the posture watcher
 	janitorW sync.WaitGroup

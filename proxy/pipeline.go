@@ -32,8 +32,15 @@ const JWKSPath = "/.well-known/ztna/jwks.json"
 //  6. forward   to the app, with the client's identity headers replaced by
 //     the edge's signed ones
 //
-// Every step fails closed, and every decision is audited once.
+// Every step fails closed, and every decision is audited once. CONNECT
+// requests are the client tunnel's HTTP/2 fallback (tunnel_h2.go).
 func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// CONNECT is only ever the client tunnel's HTTP/2 fallback, whose
+	// streams the tunnel endpoint authorizes one by one like QUIC streams.
+	if r.Method == http.MethodConnect {
+		e.serveTunnelH2(w, r)
+		return
+	}
 	start := time.Now()
 	st := e.state.Load()
 

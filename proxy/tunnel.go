@@ -2,9 +2,11 @@ package proxy
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -26,18 +28,55 @@ const (
 	tunnelDialWait   = 10 * time.Second // the app's TCP connection
 )
 
+// tunnelLink is one client tunnel connection as the endpoint sees it:
+// QUIC (quicLink) or the HTTP/2 fallback (h2Link, tunnel_h2.go).
+type tunnelLink interface {
+	// acceptStream returns the next stream; the first is the control stream.
+	acceptStream(ctx context.Context) (tunnel.Stream, error)
+	// close ends the connection; code travels only over QUIC.
+	close(code quic.ApplicationErrorCode, reason string)
+	// done is closed when the connection is gone.
+	done() <-chan struct{}
+	remoteAddr() net.Addr
+	localAddr() net.Addr
+	peerCertificates() []*x509.Certificate
+}
+
+// quicLink is a tunnel connection over QUIC.
+type quicLink struct{ conn *quic.Conn }
+
+func (l quicLink) acceptStream(ctx context.Context) (tunnel.Stream, error) {
+	s, err := l.conn.AcceptStream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return tunnel.QUICStream(s), nil
+}
+
+func (l quicLink) close(code quic.ApplicationErrorCode, reason string) {
+	_ = l.conn.CloseWithError(code, reason)
+}
+func (l quicLink) done() <-chan struct{} { return l.conn.Context().Done() }
+func (l quicLink) remoteAddr() net.Addr  { return l.conn.RemoteAddr() }
+func (l quicLink) localAddr() net.Addr   { return l.conn.LocalAddr() }
+func (l quicLink) peerCertificates() []*x509.Certificate {
+	return l.conn.ConnectionState().TLS.PeerCertificates
+}
+
 // tunnelConn is one client tunnel connection after its hello: who, from
 // which device, and the control stream the edge reports to.
 type tunnelConn struct {
-	conn      *quic.Conn
+	link      tunnelLink
 	sessionID string
 	sessKey   string
 	subject   groups.Subject
 	device    string
 	client    net.Addr
 
+	h2 bool // the HTTP/2 fallback: stream resets carry no code
+
 	ctrlMu sync.Mutex // serialises control frames
-	ctrl   *quic.Stream
+	ctrl   tunnel.Stream
 }
 
 // send writes a control frame; errors only mean the client went away.
@@ -56,6 +95,11 @@ func (tc *tunnelConn) send(f tunnel.Frame) {
 // a live exchange, so revocation, quarantine, a posture failure, a group
 // change or a reload cuts it.
 func (e *Edge) ServeTunnel(ctx context.Context, conn *quic.Conn) {
+	e.serveTunnelLink(ctx, quicLink{conn})
+}
+
+// serveTunnelLink is the endpoint for both transports.
+func (e *Edge) serveTunnelLink(ctx context.Context, conn tunnelLink) {
 	tc, ok := e.tunnelHello(ctx, conn)
 	if !ok {
 		return
@@ -70,7 +114,7 @@ func (e *Edge) ServeTunnel(ctx context.Context, conn *quic.Conn) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
-		s, err := conn.AcceptStream(cctx)
+		s, err := conn.acceptStream(cctx)
 		if err != nil {
 			break
 		}
@@ -86,48 +130,49 @@ func (e *Edge) ServeTunnel(ctx context.Context, conn *quic.Conn) {
 	// The edge ends the connection: say why before closing it (the edge
 	// listener closes it a moment later anyway on drain and at the
 	// maximum connection duration).
-	reason, code := "the edge is going away", tunnel.CodeGoingAway
+	reason, code, byeCode := "the edge is going away", tunnel.CodeGoingAway, tunnel.ByeGoingAway
 	var c *cut
 	switch cause := context.Cause(cctx); {
 	case errors.As(cause, &c):
-		reason, code = c.reason, tunnel.CodeSessionRevoked
+		reason, code, byeCode = c.reason, tunnel.CodeSessionRevoked, tunnel.ByeSessionRevoked
 	case errors.Is(cause, edge.ErrDraining), errors.Is(cause, edge.ErrMaxConnectionDuration):
 		reason = cause.Error()
 	}
-	tc.send(tunnel.Frame{Type: "bye", Reason: reason})
-	_ = conn.CloseWithError(code, reason)
+	tc.send(tunnel.Frame{Type: tunnel.FrameBye, Code: byeCode, Reason: reason})
+	conn.close(code, reason)
 }
 
 // tunnelHello reads the client's hello and answers welcome, or an error
 // frame and closes the connection.
-func (e *Edge) tunnelHello(ctx context.Context, conn *quic.Conn) (*tunnelConn, bool) {
+func (e *Edge) tunnelHello(ctx context.Context, conn tunnelLink) (*tunnelConn, bool) {
 	hctx, cancel := context.WithTimeout(ctx, tunnelHelloWait)
 	defer cancel()
-	ctrl, err := conn.AcceptStream(hctx)
+	ctrl, err := conn.acceptStream(hctx)
 	if err != nil {
-		_ = conn.CloseWithError(tunnel.CodeProtocol, "no control stream")
+		conn.close(tunnel.CodeProtocol, "no control stream")
 		return nil, false
 	}
 	_ = ctrl.SetReadDeadline(time.Now().Add(tunnelHelloWait))
 	hello, err := tunnel.ReadFrame(ctrl)
-	if err != nil || hello.Type != "hello" {
-		_ = conn.CloseWithError(tunnel.CodeProtocol, "expected a hello frame")
+	if err != nil || hello.Type != tunnel.FrameHello {
+		conn.close(tunnel.CodeProtocol, "expected a hello frame")
 		return nil, false
 	}
 	_ = ctrl.SetReadDeadline(time.Time{})
-	tc := &tunnelConn{conn: conn, ctrl: ctrl, client: conn.RemoteAddr()}
+	_, h2 := conn.(*h2Link)
+	tc := &tunnelConn{link: conn, ctrl: ctrl, client: conn.remoteAddr(), h2: h2}
 	refuse := func(code, msg string) (*tunnelConn, bool) {
-		tc.send(tunnel.Frame{Type: "error", Code: code, Message: msg})
+		tc.send(tunnel.Frame{Type: tunnel.FrameError, Code: code, Message: msg})
 		// Closing the connection drops unsent stream data: finish the
 		// control stream and give the client a moment to read the frame
 		// and hang up itself.
-		_ = ctrl.Close()
+		_ = ctrl.CloseWrite()
 		select {
-		case <-conn.Context().Done():
+		case <-conn.done():
 		case <-time.After(time.Second):
 		}
-		_ = conn.CloseWithError(tunnel.CodeAuthFailed, code)
-		e.logger.Info("tunnel refused", "client", conn.RemoteAddr().String(), "code", code)
+		conn.close(tunnel.CodeAuthFailed, code)
+		e.logger.Info("tunnel refused", "client", conn.remoteAddr().String(), "code", code)
 		return nil, false
 	}
 	if hello.Version != tunnel.Version {
@@ -141,7 +186,7 @@ func (e *Edge) tunnelHello(ctx context.Context, conn *quic.Conn) (*tunnelConn, b
 		}
 		return refuse("unauthenticated", "Sign in again: ztna tunnel login.")
 	}
-	dev, refused := e.deviceOf(hctx, conn.ConnectionState().TLS.PeerCertificates, sess)
+	dev, refused := e.deviceOf(hctx, conn.peerCertificates(), sess)
 	switch {
 	case refused != nil:
 		return refuse("device_refused", refused.Message)
@@ -152,9 +197,9 @@ func (e *Edge) tunnelHello(ctx context.Context, conn *quic.Conn) (*tunnelConn, b
 		return refuse("quarantined", q.Message+" "+q.Checks[0].Reason)
 	}
 	tc.sessionID, tc.sessKey, tc.subject, tc.device = hello.Token, sess.Key, subjectOf(&sess.Identity), dev
-	tc.send(tunnel.Frame{Type: "welcome", User: sess.Identity.Subject, Email: sess.Identity.Email, Device: dev,
+	tc.send(tunnel.Frame{Type: tunnel.FrameWelcome, User: sess.Identity.Subject, Email: sess.Identity.Email, Device: dev,
 		Apps: e.tunnelApps(st, sess, dev), Policy: st.policy.Version()})
-	e.logger.Info("tunnel connected", "user", sess.Identity.Subject, "device", dev, "client", conn.RemoteAddr().String())
+	e.logger.Info("tunnel connected", "user", sess.Identity.Subject, "device", dev, "client", conn.remoteAddr().String())
 	return tc, true
 }
 
@@ -173,13 +218,12 @@ func (e *Edge) tunnelApps(st *State, sess *authn.Session, dev string) []tunnel.A
 
 // serveTunnelStream serves one data stream: header, decision, dial, then
 // bytes both ways until either side is done or the edge cuts it.
-func (e *Edge) serveTunnelStream(ctx context.Context, tc *tunnelConn, s *quic.Stream) {
+func (e *Edge) serveTunnelStream(ctx context.Context, tc *tunnelConn, s tunnel.Stream) {
 	start := time.Now()
 	_ = s.SetReadDeadline(start.Add(tunnelHeaderWait))
 	h, err := tunnel.ReadHeader(s)
 	if err != nil {
-		s.CancelRead(tunnel.StreamBadHeader)
-		s.CancelWrite(tunnel.StreamBadHeader)
+		s.Reset(tunnel.StreamBadHeader)
 		return
 	}
 	_ = s.SetReadDeadline(time.Time{})
@@ -193,8 +237,8 @@ func (e *Edge) serveTunnelStream(ctx context.Context, tc *tunnelConn, s *quic.St
 		ev.Decision, ev.Rule, ev.Reason, ev.Latency = "deny", d.Rule, d.Reason, time.Since(start)
 		e.opts.Audit.Record(ev)
 		reply(status, d.Reason)
-		_ = s.Close()
-		s.CancelRead(0)
+		_ = s.CloseWrite()
+		s.CloseRead()
 	}
 
 	st := e.state.Load()
@@ -218,8 +262,8 @@ func (e *Edge) serveTunnelStream(ctx context.Context, tc *tunnelConn, s *quic.St
 	ev.Posture = a.PostureProfile
 	req := groups.Request{App: a.Name, Subject: subjectOf(&sess.Identity), Device: e.deviceAttrs(st, tc.device, start),
 		Method: "CONNECT", Path: "/", Time: start}
-	if ua, ok := tc.client.(*net.UDPAddr); ok {
-		req.Source = ua.AddrPort().Addr().Unmap()
+	if ap, err := netip.ParseAddrPort(tc.client.String()); err == nil {
+		req.Source = ap.Addr().Unmap()
 	}
 	d := st.policy.Decide(req)
 	if !d.Allow {
@@ -242,7 +286,7 @@ func (e *Edge) serveTunnelStream(ctx context.Context, tc *tunnelConn, s *quic.St
 	defer e.live.unregister(live)
 
 	dctx, dcancel := context.WithTimeout(sctx, tunnelDialWait)
-	up, err := e.DialTCP(dctx, a.Name, sess, tc.device, tcpAddr(tc.client.String()), tcpAddr(tc.conn.LocalAddr().String()))
+	up, err := e.DialTCP(dctx, a.Name, sess, tc.device, tcpAddr(tc.client.String()), tcpAddr(tc.link.localAddr().String()))
 	dcancel()
 	if err != nil {
 		e.logger.Info("tunnel: app unavailable", "app", a.Name, "err", err)
@@ -269,10 +313,16 @@ func (e *Edge) serveTunnelStream(ctx context.Context, tc *tunnelConn, s *quic.St
 	go func() {
 		n, err := io.Copy(s, up)
 		downBytes.Store(n)
-		if err != nil {
-			s.CancelWrite(tunnel.StreamUpstreamReset)
-		} else {
-			_ = s.Close()
+		switch {
+		case err == nil:
+			_ = s.CloseWrite()
+		case sctx.Err() != nil:
+			// Cut: the main loop reports it and resets the stream.
+		default:
+			if tc.h2 { // an HTTP/2 reset carries no code
+				tc.send(tunnel.Frame{Type: tunnel.FrameClosed, Stream: s.ID(), Reason: "the app reset the connection"})
+			}
+			s.Reset(tunnel.StreamUpstreamReset)
 		}
 		done <- struct{}{}
 	}()
@@ -287,9 +337,8 @@ func (e *Edge) serveTunnelStream(ctx context.Context, tc *tunnelConn, s *quic.St
 			if errors.As(context.Cause(sctx), &c) {
 				reason = c.reason
 			}
-			tc.send(tunnel.Frame{Type: "closed", Stream: int64(s.StreamID()), Reason: reason})
-			s.CancelRead(tunnel.StreamCut)
-			s.CancelWrite(tunnel.StreamCut)
+			tc.send(tunnel.Frame{Type: tunnel.FrameClosed, Stream: s.ID(), Reason: reason})
+			s.Reset(tunnel.StreamCut)
 			_ = up.Close()
 			for ; pending > 0; pending-- {
 				<-done

@@ -15,6 +15,7 @@ import (
 
 // connInfo is what the edge knows about one client connection (TCP or QUIC).
 type connInfo struct {
+	t     *connTracker
 	start time.Time
 
 	// TCP only; guarded by connTracker.mu.
@@ -46,16 +47,26 @@ func connInfoFrom(ctx context.Context) *connInfo {
 type connTracker struct {
 	m *metrics
 
+	// longLived ends with cause ErrDraining when the edge starts draining;
+	// maxAge is max_connection_duration. Both serve LongLived.
+	longLived       context.Context
+	cancelLongLived context.CancelCauseFunc
+	maxAge          time.Duration
+
 	mu   sync.Mutex
 	tcp  map[*trackedConn]struct{}
 	quic map[*quic.Conn]*connInfo
 }
 
-func newConnTracker(m *metrics) *connTracker {
+func newConnTracker(m *metrics, maxAge time.Duration) *connTracker {
+	ctx, cancel := context.WithCancelCause(context.Background())
 	return &connTracker{
-		m:    m,
-		tcp:  make(map[*trackedConn]struct{}),
-		quic: make(map[*quic.Conn]*connInfo),
+		m:               m,
+		longLived:       ctx,
+		cancelLongLived: cancel,
+		maxAge:          maxAge,
+		tcp:             make(map[*trackedConn]struct{}),
+		quic:            make(map[*quic.Conn]*connInfo),
 	}
 }
 
@@ -70,7 +81,7 @@ func (l *trackedListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	tc := &trackedConn{Conn: c, t: l.t, info: &connInfo{start: time.Now(), state: http.StateNew}}
+	tc := &trackedConn{Conn: c, t: l.t, info: &connInfo{t: l.t, start: time.Now(), state: http.StateNew}}
 	l.t.mu.Lock()
 	l.t.tcp[tc] = struct{}{}
 	l.t.mu.Unlock()
@@ -173,7 +184,7 @@ func (t *connTracker) closeAllTCP() int {
 // contexts from the QUIC connection, not from a server base context).
 func (t *connTracker) quicConnContext(base context.Context) func(context.Context, *quic.Conn) context.Context {
 	return func(ctx context.Context, qc *quic.Conn) context.Context {
-		ci := &connInfo{start: time.Now(), quicConn: qc}
+		ci := &connInfo{t: t, start: time.Now(), quicConn: qc}
 		ci.lastIdleNs.Store(ci.start.UnixNano())
 		t.mu.Lock()
 		t.quic[qc] = ci

@@ -130,12 +130,13 @@ func New(cfg Config, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	cfg = cfg.withDefaults()
 	s := &Server{
-		cfg:          cfg.withDefaults(),
+		cfg:          cfg,
 		opts:         opts,
 		log:          loggerOrDiscard(opts.Logger),
 		metrics:      m,
-		conns:        newConnTracker(m),
+		conns:        newConnTracker(m, cfg.MaxConnectionDuration),
 		serveErrCh:   make(chan struct{}),
 		shutdownDone: make(chan struct{}),
 		janitorStop:  make(chan struct{}),
@@ -583,6 +584,9 @@ func (s *Server) shutdown(ctx context.Context) error {
 	h3Ctx, cutH3 := context.WithCancel(context.Background())
 	defer cutH3()
 	tunnelsCancelled := 0
+	// Long-lived exchanges on the HTTPS listener (the tunnel's HTTP/2
+	// fallback) are told to go away at the same moment as QUIC tunnels.
+	s.conns.cancelLongLived(ErrDraining)
 	if s.quicLn != nil {
 		// The edge's own QUIC listener: new connections are refused,
 		// established ones (HTTP/3 and tunnel) carry on. Tunnel handlers

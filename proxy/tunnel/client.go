@@ -30,6 +30,13 @@ const (
 	cutReasonWait = 250 * time.Millisecond
 	// maxCutReasons bounds the memory kept for "closed" frames nobody asked for.
 	maxCutReasons = 1024
+	// defaultQUICTimeout is how long Connect waits for QUIC before it tries
+	// the HTTP/2 fallback (a blocked UDP port usually just goes silent).
+	defaultQUICTimeout = 3 * time.Second
+	// preferH2For is how long, after QUIC failed and HTTP/2 worked, the
+	// client dials HTTP/2 first: reconnects do not wait for QUIC again each
+	// time, and QUIC is tried again after it.
+	preferH2For = 5 * time.Minute
 )
 
 func discardLogger(l *slog.Logger) *slog.Logger {
@@ -42,8 +49,17 @@ func discardLogger(l *slog.Logger) *slog.Logger {
 // Client connects to one edge. Its fields are read by Connect and must not be
 // changed while a Connect or a Session using it runs.
 type Client struct {
-	Addr      string      // edge host:port (UDP)
-	TLSConfig *tls.Config // RootCAs, ServerName, Certificates (the device cert); NextProtos is set by the client
+	Addr string // edge host:port (UDP for QUIC)
+	// HTTPSAddr is the edge's HTTPS host:port (TCP) for the HTTP/2
+	// fallback; "" means Addr.
+	HTTPSAddr string
+	// Transport is TransportAuto (""): QUIC, and HTTP/2 CONNECT over TLS
+	// when QUIC does not connect within QUICTimeout; or TransportQUIC or
+	// TransportH2 only.
+	Transport string
+	// QUICTimeout bounds the QUIC attempt in TransportAuto; zero means 3 s.
+	QUICTimeout time.Duration
+	TLSConfig   *tls.Config // RootCAs, ServerName, Certificates (the device cert); NextProtos is set by the client
 	// Token returns the bearer (the edge session ID). It is called once per Connect.
 	Token  func(ctx context.Context) (string, error)
 	Logger *slog.Logger
@@ -55,6 +71,9 @@ type Client struct {
 	// QUICConfig overrides the QUIC settings (tests use short idle timeouts).
 	// Nil means keep-alives every 15 s and a 60 s idle timeout.
 	QUICConfig *quic.Config
+
+	mu      sync.Mutex
+	h2Until time.Time // dial HTTP/2 first until then (TransportAuto)
 }
 
 // AuthError is the edge refusing the connection: an "error" control frame, or
@@ -133,7 +152,6 @@ func (c *Client) Connect(ctx context.Context) (*Conn, error) {
 		return nil, fmt.Errorf("tunnel: get token: %w", err)
 	}
 	tlsConf := c.TLSConfig.Clone()
-	tlsConf.NextProtos = []string{ALPN}
 	if tlsConf.MinVersion < tls.VersionTLS13 {
 		tlsConf.MinVersion = tls.VersionTLS13
 	}
@@ -143,40 +161,110 @@ func (c *Client) Connect(ctx context.Context) (*Conn, error) {
 	}
 	defer cancel()
 
-	qc, err := quic.DialAddr(hctx, c.Addr, tlsConf, c.quicConfig())
+	t, err := c.dial(hctx, tlsConf, logger)
 	if err != nil {
-		return nil, fmt.Errorf("tunnel: dial %s: %w", c.Addr, err)
+		return nil, err
 	}
-	welcome, ctrl, err := c.handshake(hctx, qc, token)
+	welcome, ctrl, err := c.handshake(hctx, t, token)
 	if err != nil {
 		var ae *AuthError
 		if !errors.As(err, &ae) && errors.Is(err, ErrBadFrame) {
-			_ = qc.CloseWithError(CodeProtocol, "bad control frame")
+			t.close(CodeProtocol, "bad control frame")
 		} else {
-			_ = qc.CloseWithError(CodeNoError, "")
+			t.close(CodeNoError, "")
 		}
 		return nil, err
 	}
 	conn := &Conn{
 		client:  c,
 		logger:  logger,
-		qc:      qc,
+		t:       t,
 		ctrl:    ctrl,
 		welcome: welcome,
 		apps:    welcome.Apps,
-		cuts:    make(map[quic.StreamID]string),
+		cuts:    make(map[int64]string),
 		cutSig:  make(chan struct{}),
 		done:    make(chan struct{}),
 	}
-	logger.Info("tunnel connected", "edge", c.Addr, "user", welcome.User, "device", welcome.Device, "apps", len(welcome.Apps))
+	logger.Info("tunnel connected", "edge", c.Addr, "transport", t.name(), "user", welcome.User, "device", welcome.Device, "apps", len(welcome.Apps))
 	go conn.readLoop()
 	return conn, nil
 }
 
-func (c *Client) handshake(ctx context.Context, qc *quic.Conn, token string) (Frame, *quic.Stream, error) {
-	ctrl, err := qc.OpenStreamSync(ctx)
+// dial connects to the edge over the configured transport; in
+// TransportAuto it tries QUIC for QUICTimeout, then HTTP/2 (or HTTP/2 first
+// for a while after QUIC last failed, then QUIC).
+func (c *Client) dial(ctx context.Context, tlsConf *tls.Config, logger *slog.Logger) (transport, error) {
+	dialQUIC := func(ctx context.Context) (transport, error) {
+		conf := tlsConf.Clone()
+		conf.NextProtos = []string{ALPN}
+		qc, err := quic.DialAddr(ctx, c.Addr, conf, c.quicConfig())
+		if err != nil {
+			return nil, fmt.Errorf("tunnel: dial %s over QUIC: %w", c.Addr, err)
+		}
+		return quicTransport{qc}, nil
+	}
+	httpsAddr := c.HTTPSAddr
+	if httpsAddr == "" {
+		httpsAddr = c.Addr
+	}
+	dialHTTP2 := func(ctx context.Context) (transport, error) {
+		t, err := dialH2(ctx, httpsAddr, tlsConf)
+		if err != nil {
+			return nil, fmt.Errorf("tunnel: dial %s over HTTP/2: %w", httpsAddr, err)
+		}
+		return t, nil
+	}
+	switch c.Transport {
+	case TransportQUIC:
+		return dialQUIC(ctx)
+	case TransportH2:
+		return dialHTTP2(ctx)
+	case TransportAuto:
+	default:
+		return nil, fmt.Errorf("tunnel: unknown transport %q (want quic or h2)", c.Transport)
+	}
+	c.mu.Lock()
+	h2First := time.Now().Before(c.h2Until)
+	c.mu.Unlock()
+	if h2First {
+		if t, err := dialHTTP2(ctx); err == nil || ctx.Err() != nil {
+			return t, err
+		}
+	}
+	timeout := c.QUICTimeout
+	if timeout <= 0 {
+		timeout = defaultQUICTimeout
+	}
+	qctx, cancel := context.WithTimeout(ctx, timeout)
+	t, qerr := dialQUIC(qctx)
+	cancel()
+	if qerr == nil || ctx.Err() != nil {
+		if qerr == nil {
+			c.mu.Lock()
+			c.h2Until = time.Time{}
+			c.mu.Unlock()
+		}
+		return t, qerr
+	}
+	if h2First {
+		return nil, qerr
+	}
+	logger.Info("tunnel: QUIC did not connect; trying HTTP/2 over TLS", "err", qerr)
+	t, herr := dialHTTP2(ctx)
+	if herr != nil {
+		return nil, fmt.Errorf("%w (and %w)", herr, qerr)
+	}
+	c.mu.Lock()
+	c.h2Until = time.Now().Add(preferH2For)
+	c.mu.Unlock()
+	return t, nil
+}
+
+func (c *Client) handshake(ctx context.Context, t transport, token string) (Frame, Stream, error) {
+	ctrl, err := t.openStream(ctx)
 	if err != nil {
-		return Frame{}, nil, c.connErr(qc, fmt.Errorf("tunnel: open control stream: %w", err))
+		return Frame{}, nil, c.connErr(t, fmt.Errorf("tunnel: open control stream: %w", err))
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		_ = ctrl.SetDeadline(dl)
@@ -189,17 +277,17 @@ func (c *Client) handshake(ctx context.Context, qc *quic.Conn, token string) (Fr
 	hello := Frame{Type: FrameHello, Version: Version, Token: token, Client: "ztna/" + version}
 	if err := WriteFrame(ctrl, hello); err != nil {
 		stop()
-		return Frame{}, nil, c.connErr(qc, fmt.Errorf("tunnel: send hello: %w", err))
+		return Frame{}, nil, c.connErr(t, fmt.Errorf("tunnel: send hello: %w", err))
 	}
 	f, err := ReadFrame(ctrl)
 	if !stop() {
 		if err == nil {
 			err = ctx.Err()
 		}
-		return Frame{}, nil, c.connErr(qc, fmt.Errorf("tunnel: wait for welcome: %w", err))
+		return Frame{}, nil, c.connErr(t, fmt.Errorf("tunnel: wait for welcome: %w", err))
 	}
 	if err != nil {
-		return Frame{}, nil, c.connErr(qc, fmt.Errorf("tunnel: wait for welcome: %w", err))
+		return Frame{}, nil, c.connErr(t, fmt.Errorf("tunnel: wait for welcome: %w", err))
 	}
 	_ = ctrl.SetDeadline(time.Time{})
 	switch f.Type {
@@ -215,9 +303,9 @@ func (c *Client) handshake(ctx context.Context, qc *quic.Conn, token string) (Fr
 // connErr turns a failure during the handshake into an *AuthError when the
 // edge closed the connection with CodeAuthFailed (its error frame may have
 // been lost with the close).
-func (c *Client) connErr(qc *quic.Conn, err error) error {
+func (c *Client) connErr(t transport, err error) error {
 	var ae *quic.ApplicationError
-	if errors.As(err, &ae) || errors.As(context.Cause(qc.Context()), &ae) {
+	if errors.As(err, &ae) || errors.As(context.Cause(t.context()), &ae) {
 		if ae.Remote && ae.ErrorCode == CodeAuthFailed {
 			return &AuthError{Message: ae.ErrorMessage}
 		}
@@ -230,23 +318,28 @@ func (c *Client) connErr(qc *quic.Conn, err error) error {
 type Conn struct {
 	client  *Client
 	logger  *slog.Logger
-	qc      *quic.Conn
-	ctrl    *quic.Stream
+	t       transport
+	ctrl    Stream
 	welcome Frame
 
 	ctrlMu sync.Mutex // serialises control stream writes
 
-	mu     sync.Mutex
-	apps   []App
-	cuts   map[quic.StreamID]string // "closed" frames by stream
-	cutSig chan struct{}            // closed and replaced when cuts changes
-	bye    string
-	err    error
-	done   chan struct{}
+	mu      sync.Mutex
+	apps    []App
+	cuts    map[int64]string // "closed" frames by stream
+	cutSig  chan struct{}    // closed and replaced when cuts changes
+	bye     string
+	byeCode string
+	err     error
+	done    chan struct{}
 }
 
 // Welcome returns the edge's welcome frame.
 func (c *Conn) Welcome() Frame { return c.welcome }
+
+// Transport says how the connection reaches the edge: TransportQUIC or
+// TransportH2.
+func (c *Conn) Transport() string { return c.t.name() }
 
 // Apps returns the latest app list (updated by "apps" frames).
 func (c *Conn) Apps() []App {
@@ -267,7 +360,7 @@ func (c *Conn) Err() error {
 
 // Close closes the connection and waits for its reader to stop.
 func (c *Conn) Close() error {
-	_ = c.qc.CloseWithError(CodeNoError, "client closed")
+	c.t.close(CodeNoError, "client closed")
 	<-c.done
 	return nil
 }
@@ -298,14 +391,16 @@ func (c *Conn) readLoop() {
 			if len(c.cuts) >= maxCutReasons {
 				clear(c.cuts)
 			}
-			c.cuts[quic.StreamID(f.Stream)] = f.Reason
+			if _, seen := c.cuts[f.Stream]; !seen { // the first reason is the cause
+				c.cuts[f.Stream] = f.Reason
+			}
 			close(c.cutSig)
 			c.cutSig = make(chan struct{})
 			c.mu.Unlock()
 			c.logger.Info("tunnel stream cut by the edge", "stream", f.Stream, "reason", f.Reason)
 		case FrameBye:
 			c.mu.Lock()
-			c.bye = f.Reason
+			c.bye, c.byeCode = f.Reason, f.Code
 			c.mu.Unlock()
 			c.logger.Info("tunnel edge says bye", "reason", f.Reason)
 		case FramePong:
@@ -319,15 +414,24 @@ func (c *Conn) readLoop() {
 			c.client.OnEvent(f)
 		}
 	}
+	c.mu.Lock()
+	bye := c.bye != ""
+	c.mu.Unlock()
 	select {
-	case <-c.qc.Context().Done():
+	case <-c.t.context().Done():
 	default:
+		if bye && errors.Is(readErr, io.EOF) {
+			// The edge said goodbye and ended the control stream (over
+			// HTTP/2 that is how the edge closes a connection).
+			c.t.close(CodeNoError, "")
+			break
+		}
 		// The connection is alive but its control stream is not: the edge
 		// broke the protocol (or sent garbage), so the connection is useless.
 		c.logger.Warn("tunnel control stream failed", "err", readErr)
-		_ = c.qc.CloseWithError(CodeProtocol, "control stream failed")
+		c.t.close(CodeProtocol, "control stream failed")
 	}
-	cause := context.Cause(c.qc.Context())
+	cause := context.Cause(c.t.context())
 	c.mu.Lock()
 	switch {
 	case c.bye != "":
@@ -339,8 +443,25 @@ func (c *Conn) readLoop() {
 	close(c.done)
 }
 
+// authEnded is an *AuthError when the edge ended the connection because
+// the session is over (revoked, or authentication refused): retrying does
+// not help. Over QUIC the close code says so, over HTTP/2 the "bye" frame.
+func (c *Conn) authEnded() *AuthError {
+	var appErr *quic.ApplicationError
+	if errors.As(c.Err(), &appErr) && appErr.Remote &&
+		(appErr.ErrorCode == CodeAuthFailed || appErr.ErrorCode == CodeSessionRevoked) {
+		return &AuthError{Message: appErr.ErrorMessage}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.byeCode == ByeSessionRevoked {
+		return &AuthError{Code: ErrorUnauthenticated, Message: c.bye}
+	}
+	return nil
+}
+
 // cutReason waits up to cutReasonWait for the "closed" frame of stream id.
-func (c *Conn) cutReason(id quic.StreamID) string {
+func (c *Conn) cutReason(id int64) string {
 	timer := time.NewTimer(cutReasonWait)
 	defer timer.Stop()
 	for {
@@ -375,7 +496,7 @@ func (c *Conn) Dial(ctx context.Context, app string) (net.Conn, error) {
 		return nil, c.Err()
 	default:
 	}
-	str, err := c.qc.OpenStreamSync(ctx)
+	str, err := c.t.openStream(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: open stream for %s: %w", app, err)
 	}
@@ -390,50 +511,72 @@ func (c *Conn) Dial(ctx context.Context, app string) (net.Conn, error) {
 		err = ctx.Err()
 	}
 	if err != nil {
-		str.CancelRead(StreamNoError)
-		str.CancelWrite(StreamNoError)
-		var se *quic.StreamError
-		if errors.As(err, &se) && se.Remote && se.ErrorCode == StreamBadHeader {
+		str.Reset(StreamNoError)
+		if code, _, ok := peerReset(err); ok && code == StreamBadHeader {
 			return nil, &DialError{App: app, Status: StatusBadHeader, Message: "the edge rejected the stream header"}
 		}
-		return nil, fmt.Errorf("tunnel: dial %s: %w", app, c.mapStreamErr(app, err))
+		return nil, fmt.Errorf("tunnel: dial %s: %w", app, c.mapStreamErr(app, str.ID(), err))
 	}
 	if reply.Status != StatusOK {
-		str.CancelRead(StreamNoError)
-		_ = str.Close()
+		str.CloseRead()
+		_ = str.CloseWrite()
 		return nil, &DialError{App: app, Status: reply.Status, Message: reply.Message}
 	}
 	_ = str.SetDeadline(time.Time{})
 	return &streamConn{str: str, conn: c, app: app}, nil
 }
 
-func (c *Conn) request(str *quic.Stream, app string) (Reply, error) {
+func (c *Conn) request(str Stream, app string) (Reply, error) {
 	if err := WriteHeader(str, Header{App: app}); err != nil {
 		return Reply{}, err
 	}
 	return ReadReply(str)
 }
 
-// mapStreamErr explains the edge's stream error codes.
-func (c *Conn) mapStreamErr(app string, err error) error {
-	var se *quic.StreamError
-	if !errors.As(err, &se) || !se.Remote {
+// mapStreamErr explains why stream id failed: the edge's stream error
+// codes, and a cut — of the stream, or of the whole connection — as a
+// *CutError with the edge's reason when it sent one.
+func (c *Conn) mapStreamErr(app string, id int64, err error) error {
+	if err == nil || err == io.EOF {
 		return err
 	}
-	switch se.ErrorCode {
-	case StreamCut:
-		return &CutError{App: app, Reason: c.cutReason(se.StreamID), Err: err}
-	case StreamUpstreamReset:
-		return fmt.Errorf("tunnel: %s: connection reset by the app: %w", app, err)
-	case StreamIdle:
-		return fmt.Errorf("tunnel: %s: idle timeout: %w", app, err)
+	if code, _, ok := peerReset(err); ok {
+		switch code {
+		case StreamCut:
+			return &CutError{App: app, Reason: c.cutReason(id), Err: err}
+		case StreamUpstreamReset:
+			return fmt.Errorf("tunnel: %s: connection reset by the app: %w", app, err)
+		case StreamIdle:
+			return fmt.Errorf("tunnel: %s: idle timeout: %w", app, err)
+		}
+		return err
+	}
+	if c.t.context().Err() == nil {
+		return err // a local error (a deadline, a Close)
+	}
+	// The connection ended under the stream: the edge's "closed" frame for
+	// the stream, its "bye", or its QUIC close message says why.
+	reason := c.cutReason(id)
+	if reason == "" {
+		c.mu.Lock()
+		if c.byeCode == ByeSessionRevoked {
+			reason = c.bye
+		}
+		c.mu.Unlock()
+	}
+	var appErr *quic.ApplicationError
+	if reason == "" && errors.As(err, &appErr) && appErr.Remote && appErr.ErrorCode == CodeSessionRevoked {
+		reason = appErr.ErrorMessage
+	}
+	if reason != "" {
+		return &CutError{App: app, Reason: reason, Err: err}
 	}
 	return err
 }
 
 // streamConn is a data stream as a net.Conn.
 type streamConn struct {
-	str  *quic.Stream
+	str  Stream
 	conn *Conn
 	app  string
 
@@ -450,7 +593,7 @@ func (s *streamConn) mapErr(err error) error {
 	if s.cut != nil {
 		return s.cut
 	}
-	err = s.conn.mapStreamErr(s.app, err)
+	err = s.conn.mapStreamErr(s.app, s.str.ID(), err)
 	var ce *CutError
 	if errors.As(err, &ce) {
 		s.cut = ce
@@ -469,16 +612,16 @@ func (s *streamConn) Write(p []byte) (int, error) {
 }
 
 // CloseWrite sends FIN: the edge half-closes the app connection.
-func (s *streamConn) CloseWrite() error { return s.str.Close() }
+func (s *streamConn) CloseWrite() error { return s.str.CloseWrite() }
 
 // Close ends both directions: FIN after any buffered data, and stop reading.
 func (s *streamConn) Close() error {
-	s.str.CancelRead(StreamNoError)
-	return s.str.Close()
+	s.str.CloseRead()
+	return s.str.CloseWrite()
 }
 
-func (s *streamConn) LocalAddr() net.Addr                { return s.conn.qc.LocalAddr() }
-func (s *streamConn) RemoteAddr() net.Addr               { return s.conn.qc.RemoteAddr() }
+func (s *streamConn) LocalAddr() net.Addr                { return s.conn.t.localAddr() }
+func (s *streamConn) RemoteAddr() net.Addr               { return s.conn.t.remoteAddr() }
 func (s *streamConn) SetDeadline(t time.Time) error      { return s.str.SetDeadline(t) }
 func (s *streamConn) SetReadDeadline(t time.Time) error  { return s.str.SetReadDeadline(t) }
 func (s *streamConn) SetWriteDeadline(t time.Time) error { return s.str.SetWriteDeadline(t) }
@@ -610,11 +753,9 @@ func (s *Session) run(ctx context.Context) error {
 			}
 			s.publish(nil, nil)
 			cerr := conn.Err()
-			var appErr *quic.ApplicationError
-			if errors.As(cerr, &appErr) && appErr.Remote &&
-				(appErr.ErrorCode == CodeAuthFailed || appErr.ErrorCode == CodeSessionRevoked) {
+			if ae := conn.authEnded(); ae != nil {
 				logger.Warn("tunnel session ended by the edge; not retrying", "err", cerr)
-				return &AuthError{Message: appErr.ErrorMessage}
+				return ae
 			}
 			if time.Since(start) >= healthyAfter {
 				backoff = minB

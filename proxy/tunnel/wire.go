@@ -226,6 +226,12 @@ const (
 	ErrorUnsupportedVersion = "unsupported_version"
 )
 
+// Bye frame codes: why the edge ends the connection.
+const (
+	ByeGoingAway      = "going_away"      // drain, max connection duration: reconnect
+	ByeSessionRevoked = "session_revoked" // the session or device lost its trust: do not reconnect
+)
+
 // Frame is one control stream message. Which fields are set depends on Type.
 type Frame struct {
 	Type    string `json:"type"` // hello, welcome, error, apps, closed, bye, ping, pong
