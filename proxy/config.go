@@ -63,6 +63,8 @@ type Config struct {
 	Signals SignalsConfig `yaml:"signals"`
 	// Admin is the admin API (release and quarantine devices).
 	Admin AdminConfig `yaml:"admin"`
+	// Tunnel bounds the client tunnel endpoint.
+	Tunnel TunnelConfig `yaml:"tunnel"`
 
 	// sourceHash is the SHA-256 of the file the config was loaded from
 	// and of the policy dir's files (nil for configs built in code): the
@@ -359,6 +361,12 @@ func (c *Config) check() *fieldError {
 	}
 	if c.Pool.MaxIdentities < 0 || c.Pool.MaxIdlePerIdentity < 0 || c.Pool.IdleTimeout < 0 {
 		return &fieldError{"pool", "limits must not be negative"}
+	}
+	if c.Tunnel.MaxStreamsPerUser < 0 {
+		return &fieldError{"tunnel.max_streams_per_user", "must not be negative"}
+	}
+	if c.Tunnel.StreamIdleTimeout < 0 || (c.Tunnel.StreamIdleTimeout > 0 && c.Tunnel.StreamIdleTimeout < time.Second) {
+		return &fieldError{"tunnel.stream_idle_timeout", "must be at least 1s (0 means 30m)"}
 	}
 	if c.Signing.RotateAfter < 0 || c.Signing.AssertionTTL < 0 {
 		return &fieldError{"signing", "durations must not be negative"}

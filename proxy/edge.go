@@ -43,22 +43,23 @@ type Options struct {
 // Edge is the request pipeline with its current State. It is an
 // http.Handler; proxy/edge serves it.
 type Edge struct {
-	opts       Options
-	logger     *slog.Logger
-	sessions   *authn.Sessions
-	pages      *web.Pages
-	assets     http.Handler
-	signer     *identity.Signer
-	jwks       []byte
-	assertions *assertionCache
-	live       *liveRegistry
-	metrics    *metrics
-	pools      *identityPools
-	devices    *posture.Devices // nil without a device CA
-	reports    *posture.Reports
-	quarantine *posture.Quarantine
-	notifier   *posture.Notifier // nil without signals.webhook_url_file
-	h2         h2Links           // tunnel connections over the HTTP/2 fallback
+	opts        Options
+	logger      *slog.Logger
+	sessions    *authn.Sessions
+	pages       *web.Pages
+	assets      http.Handler
+	signer      *identity.Signer
+	jwks        []byte
+	assertions  *assertionCache
+	live        *liveRegistry
+	metrics     *metrics
+	pools       *identityPools
+	devices     *posture.Devices // nil without a device CA
+	reports     *posture.Reports
+	quarantine  *posture.Quarantine
+	notifier    *posture.Notifier // nil without signals.webhook_url_file
+	h2          h2Links           // tunnel connections over the HTTP/2 fallback
+	tunnelUsers userStreams       // open tunnel streams per user
 
 	stop     context.CancelFunc // stops the pool janitor and the posture watcher
 	janitorW sync.WaitGroup
@@ -105,7 +106,11 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Edge, error) {
 		subj := subjectOf(&sess.Identity)
 		e.live.closeSession(sess.Key, func(le *liveEntry) *cut {
 			le.req.Subject = subj
-			return e.recheck(st, le, now)
+			c := e.recheck(st, le, now)
+			if c == nil && le.changed != nil {
+				le.changed(le)
+			}
+			return c
 		})
 	})
 	if err := e.Apply(ctx, cfg); err != nil {

@@ -25,6 +25,11 @@ type liveEntry struct {
 	device  string // "" when the client presented no device certificate
 	req     groups.Request
 	cancel  func(error)
+	// changed, if set, is called (under the registry's lock: it must not
+	// block) when the entry was decided again and kept because the
+	// session's attributes or the policy changed — a tunnel connection
+	// then sends the client its new app list.
+	changed func(*liveEntry)
 }
 
 // liveRegistry tracks long-lived exchanges by session so that a trust
@@ -110,6 +115,9 @@ func (l *liveRegistry) reevaluate(p groups.Authorizer, reason string) {
 	now := time.Now()
 	l.closeEach(func(e *liveEntry) *cut {
 		if e.req.App == "" {
+			if e.changed != nil {
+				e.changed(e)
+			}
 			return nil
 		}
 		req := e.req

@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/netip"
 	"slices"
@@ -27,6 +29,61 @@ const (
 	tunnelHeaderWait = 5 * time.Second  // a data stream's header
 	tunnelDialWait   = 10 * time.Second // the app's TCP connection
 )
+
+// TunnelConfig bounds the client tunnel endpoint. Streams per connection
+// are bounded by the transport: 256 on QUIC, 250 on the HTTP/2 fallback
+// (net/http's limit of concurrent streams).
+type TunnelConfig struct {
+	// MaxStreamsPerUser bounds one user's open streams over all their
+	// tunnel connections to this edge. 0 → 1024.
+	MaxStreamsPerUser int `yaml:"max_streams_per_user"`
+	// StreamIdleTimeout closes a stream on which no byte moved either way
+	// for this long. 0 → 30m.
+	StreamIdleTimeout time.Duration `yaml:"stream_idle_timeout"`
+}
+
+func (c TunnelConfig) withDefaults() TunnelConfig {
+	if c.MaxStreamsPerUser <= 0 {
+		c.MaxStreamsPerUser = 1024
+	}
+	if c.StreamIdleTimeout <= 0 {
+		c.StreamIdleTimeout = 30 * time.Minute
+	}
+	return c
+}
+
+// userStreams counts each user's open tunnel streams.
+type userStreams struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+// acquire counts a stream for user unless they already have limit open.
+func (u *userStreams) acquire(user string, limit int) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.n[user] >= limit {
+		return false
+	}
+	if u.n == nil {
+		u.n = make(map[string]int)
+	}
+	u.n[user]++
+	return true
+}
+
+func (u *userStreams) release(user string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.n[user] <= 1 {
+		delete(u.n, user)
+		return
+	}
+	u.n[user]--
+}
+
+// errStreamIdle ends a stream that moved no byte for the idle timeout.
+var errStreamIdle = errors.New("idle timeout: no data moved")
 
 // tunnelLink is one client tunnel connection as the endpoint sees it:
 // QUIC (quicLink) or the HTTP/2 fallback (h2Link, tunnel_h2.go).
@@ -77,6 +134,13 @@ type tunnelConn struct {
 
 	ctrlMu sync.Mutex // serialises control frames
 	ctrl   tunnel.Stream
+
+	// The app list the client was last sent, kept current by pushApps.
+	pushMu      sync.Mutex
+	pushPending atomic.Bool
+	apps        []tunnel.App
+	mu          sync.Mutex // guards subjectNow
+	subjectNow  groups.Subject
 }
 
 // send writes a control frame; errors only mean the client went away.
@@ -85,6 +149,55 @@ func (tc *tunnelConn) send(f tunnel.Frame) {
 	defer tc.ctrlMu.Unlock()
 	_ = tc.ctrl.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	_ = tunnel.WriteFrame(tc.ctrl, f)
+}
+
+// poke schedules pushApps after the session's attributes or the policy
+// changed. It runs under the live registry's lock, so it only starts a
+// goroutine (at most one waiting at a time).
+func (tc *tunnelConn) poke(e *Edge, ctx context.Context, subj groups.Subject) {
+	tc.mu.Lock()
+	tc.subjectNow = subj
+	tc.mu.Unlock()
+	if tc.pushPending.Swap(true) {
+		return
+	}
+	go tc.pushApps(e, ctx)
+}
+
+// pushApps sends an "apps" frame if the apps the user may reach changed.
+func (tc *tunnelConn) pushApps(e *Edge, ctx context.Context) {
+	tc.pushMu.Lock()
+	defer tc.pushMu.Unlock()
+	tc.pushPending.Store(false) // a change from now on schedules another push
+	if ctx.Err() != nil {
+		return
+	}
+	tc.mu.Lock()
+	subj := tc.subjectNow
+	tc.mu.Unlock()
+	apps := e.tunnelApps(e.state.Load(), subj, tc.device)
+	if slices.Equal(apps, tc.apps) {
+		return
+	}
+	tc.apps = apps
+	if apps == nil {
+		apps = []tunnel.App{} // "no apps", not "field absent"
+	}
+	tc.send(tunnel.Frame{Type: tunnel.FrameApps, Apps: apps})
+}
+
+// readControl answers the client's control frames (ping → pong) until the
+// control stream ends; other frames are ignored, as the protocol says.
+func (tc *tunnelConn) readControl() {
+	for {
+		f, err := tunnel.ReadFrame(tc.ctrl)
+		if err != nil {
+			return
+		}
+		if f.Type == tunnel.FramePing {
+			tc.send(tunnel.Frame{Type: tunnel.FramePong})
+		}
+	}
 }
 
 // ServeTunnel serves one client tunnel connection (ALPN tunnel.ALPN). The
@@ -108,11 +221,14 @@ func (e *Edge) serveTunnelLink(ctx context.Context, conn tunnelLink) {
 	// device: revoking either, or quarantining the device, closes it.
 	cctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	live := &liveEntry{sessKey: tc.sessKey, device: tc.device, req: groups.Request{Subject: tc.subject}, cancel: cancel}
+	live := &liveEntry{sessKey: tc.sessKey, device: tc.device, req: groups.Request{Subject: tc.subject}, cancel: cancel,
+		changed: func(le *liveEntry) { tc.poke(e, cctx, le.req.Subject) }}
 	e.live.register(live)
 	defer e.live.unregister(live)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	wg.Go(func() { tc.readControl() })
+	defer tc.ctrl.CloseRead() // before wg.Wait: ends readControl
 	for {
 		s, err := conn.acceptStream(cctx)
 		if err != nil {
@@ -197,16 +313,17 @@ func (e *Edge) tunnelHello(ctx context.Context, conn tunnelLink) (*tunnelConn, b
 		return refuse("quarantined", q.Message+" "+q.Checks[0].Reason)
 	}
 	tc.sessionID, tc.sessKey, tc.subject, tc.device = hello.Token, sess.Key, subjectOf(&sess.Identity), dev
+	tc.subjectNow, tc.apps = tc.subject, e.tunnelApps(st, tc.subject, dev)
 	tc.send(tunnel.Frame{Type: tunnel.FrameWelcome, User: sess.Identity.Subject, Email: sess.Identity.Email, Device: dev,
-		Apps: e.tunnelApps(st, sess, dev), Policy: st.policy.Version()})
+		Apps: tc.apps, Policy: st.policy.Version()})
 	e.logger.Info("tunnel connected", "user", sess.Identity.Subject, "device", dev, "client", conn.remoteAddr().String())
 	return tc, true
 }
 
 // tunnelApps lists the TCP apps the user may reach from this device: the
 // outbound allow-list. Every other app is invisible through the tunnel.
-func (e *Edge) tunnelApps(st *State, sess *authn.Session, dev string) []tunnel.App {
-	visible := st.policy.Apps(subjectOf(&sess.Identity), e.deviceAttrs(st, dev, time.Now()))
+func (e *Edge) tunnelApps(st *State, subj groups.Subject, dev string) []tunnel.App {
+	visible := st.policy.Apps(subj, e.deviceAttrs(st, dev, time.Now()))
 	var out []tunnel.App
 	for _, name := range visible {
 		if a := st.apps[name]; a != nil && a.TCP != "" {
@@ -278,6 +395,14 @@ func (e *Edge) serveTunnelStream(ctx context.Context, tc *tunnelConn, s tunnel.S
 		return
 	}
 
+	limits := st.Config.Tunnel.withDefaults()
+	if !e.tunnelUsers.acquire(sess.Identity.Subject, limits.MaxStreamsPerUser) {
+		deny(tunnel.StatusLimit, groups.Decision{Rule: d.Rule, Reason: fmt.Sprintf(
+			"you have %d tunnel connections open, the most one user may have: close some and retry", limits.MaxStreamsPerUser)})
+		return
+	}
+	defer e.tunnelUsers.release(sess.Identity.Subject)
+
 	// Registered before the dial, so a cut during the dial stops it too.
 	sctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -299,11 +424,23 @@ func (e *Edge) serveTunnelStream(ctx context.Context, tc *tunnelConn, s tunnel.S
 	reply(tunnel.StatusOK, "")
 
 	// Bytes both ways, half-close preserved. A cut resets the stream with
-	// the reason on the control stream.
-	var upBytes, downBytes atomic.Int64
+	// the reason on the control stream; so does the idle timeout.
+	var upBytes, downBytes, active atomic.Int64
+	active.Store(time.Now().UnixNano())
+	idle := limits.StreamIdleTimeout
+	var idleTimer *time.Timer
+	idleTimer = time.AfterFunc(math.MaxInt64, func() {
+		if rest := idle - time.Since(time.Unix(0, active.Load())); rest > 0 {
+			idleTimer.Reset(rest)
+			return
+		}
+		cancel(errStreamIdle)
+	})
+	idleTimer.Reset(idle)
+	defer idleTimer.Stop()
 	done := make(chan struct{}, 2)
 	go func() {
-		n, _ := io.Copy(up, s)
+		n, _ := relay(up, s, &active)
 		upBytes.Store(n)
 		if cw, ok := up.(interface{ CloseWrite() error }); ok {
 			_ = cw.CloseWrite()
@@ -311,7 +448,7 @@ func (e *Edge) serveTunnelStream(ctx context.Context, tc *tunnelConn, s tunnel.S
 		done <- struct{}{}
 	}()
 	go func() {
-		n, err := io.Copy(s, up)
+		n, err := relay(s, up, &active)
 		downBytes.Store(n)
 		switch {
 		case err == nil:
@@ -332,13 +469,17 @@ func (e *Edge) serveTunnelStream(ctx context.Context, tc *tunnelConn, s tunnel.S
 		case <-done:
 			pending--
 		case <-sctx.Done():
+			code := tunnel.StreamCut
 			reason = "the edge closed the connection"
 			var c *cut
-			if errors.As(context.Cause(sctx), &c) {
+			switch cause := context.Cause(sctx); {
+			case errors.As(cause, &c):
 				reason = c.reason
+			case errors.Is(cause, errStreamIdle):
+				reason, code = fmt.Sprintf("no data moved for %v: closed as idle", idle), tunnel.StreamIdle
 			}
 			tc.send(tunnel.Frame{Type: tunnel.FrameClosed, Stream: s.ID(), Reason: reason})
-			s.Reset(tunnel.StreamCut)
+			s.Reset(code)
 			_ = up.Close()
 			for ; pending > 0; pending-- {
 				<-done
@@ -348,4 +489,49 @@ func (e *Edge) serveTunnelStream(ctx context.Context, tc *tunnelConn, s tunnel.S
 	e.opts.Audit.Record(audit.Event{Time: time.Now(), Kind: "stream_close", User: ev.User, Email: ev.Email, Session: ev.Session,
 		Device: tc.device, App: a.Name, Source: ev.Source, Decision: "close", Reason: reason, Policy: ev.Policy,
 		BytesUp: upBytes.Load(), BytesDown: downBytes.Load(), Duration: time.Since(start)})
+}
+
+// relay copies src to dst like io.Copy and records in active when bytes
+// last moved. A direction waiting for data holds a 2 KiB buffer; one that
+// fills it borrows a 32 KiB buffer from the edge's pool until reads come
+// back small again — so an idle stream costs little and a bulk transfer
+// copies in large chunks.
+func relay(dst io.Writer, src io.Reader, active *atomic.Int64) (int64, error) {
+	small := make([]byte, 2<<10)
+	buf := small
+	var big []byte
+	defer func() {
+		if big != nil {
+			copyBuffers.Put(big)
+		}
+	}()
+	var n int64
+	for {
+		nr, er := src.Read(buf)
+		if nr > 0 {
+			active.Store(time.Now().UnixNano())
+			nw, ew := dst.Write(buf[:nr])
+			n += int64(nw)
+			if ew != nil {
+				return n, ew
+			}
+			if nw != nr {
+				return n, io.ErrShortWrite
+			}
+		}
+		if er == io.EOF {
+			return n, nil
+		}
+		if er != nil {
+			return n, er
+		}
+		switch {
+		case big == nil && nr == len(small):
+			big = copyBuffers.Get()
+			buf = big
+		case big != nil && nr < len(small):
+			copyBuffers.Put(big)
+			big, buf = nil, small
+		}
+	}
 }

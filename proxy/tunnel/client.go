@@ -184,6 +184,7 @@ func (c *Client) Connect(ctx context.Context) (*Conn, error) {
 		apps:    welcome.Apps,
 		cuts:    make(map[int64]string),
 		cutSig:  make(chan struct{}),
+		pong:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
 	}
 	logger.Info("tunnel connected", "edge", c.Addr, "transport", t.name(), "user", welcome.User, "device", welcome.Device, "apps", len(welcome.Apps))
@@ -323,6 +324,8 @@ type Conn struct {
 	welcome Frame
 
 	ctrlMu sync.Mutex // serialises control stream writes
+	pingMu sync.Mutex // one Ping at a time
+	pong   chan struct{}
 
 	mu      sync.Mutex
 	apps    []App
@@ -365,11 +368,30 @@ func (c *Conn) Close() error {
 	return nil
 }
 
-// Ping sends a ping frame; the edge answers with pong (which is ignored).
-func (c *Conn) Ping() error {
+// Ping sends a ping frame and waits (bounded by ctx) for the edge's pong:
+// the round trip through the edge's tunnel endpoint, for `status`.
+func (c *Conn) Ping(ctx context.Context) (time.Duration, error) {
+	c.pingMu.Lock()
+	defer c.pingMu.Unlock()
+	select {
+	case <-c.pong: // a late pong of an abandoned ping
+	default:
+	}
+	start := time.Now()
 	c.ctrlMu.Lock()
-	defer c.ctrlMu.Unlock()
-	return WriteFrame(c.ctrl, Frame{Type: FramePing})
+	err := WriteFrame(c.ctrl, Frame{Type: FramePing})
+	c.ctrlMu.Unlock()
+	if err != nil {
+		return 0, fmt.Errorf("tunnel: ping: %w", err)
+	}
+	select {
+	case <-c.pong:
+		return time.Since(start), nil
+	case <-c.done:
+		return 0, c.Err()
+	case <-ctx.Done():
+		return 0, fmt.Errorf("tunnel: ping: %w", ctx.Err())
+	}
 }
 
 func (c *Conn) readLoop() {
@@ -404,6 +426,10 @@ func (c *Conn) readLoop() {
 			c.mu.Unlock()
 			c.logger.Info("tunnel edge says bye", "reason", f.Reason)
 		case FramePong:
+			select {
+			case c.pong <- struct{}{}:
+			default:
+			}
 			continue
 		default:
 			// Unknown frame types are ignored so the edge can add new ones.
@@ -547,7 +573,11 @@ func (c *Conn) mapStreamErr(app string, id int64, err error) error {
 		case StreamUpstreamReset:
 			return fmt.Errorf("tunnel: %s: connection reset by the app: %w", app, err)
 		case StreamIdle:
-			return fmt.Errorf("tunnel: %s: idle timeout: %w", app, err)
+			reason := c.cutReason(id)
+			if reason == "" {
+				reason = "closed as idle"
+			}
+			return &CutError{App: app, Reason: reason, Err: err}
 		}
 		return err
 	}

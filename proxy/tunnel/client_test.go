@@ -57,8 +57,8 @@ func TestConnectWelcome(t *testing.T) {
 	if conn.Err() != nil {
 		t.Fatalf("Err on live conn = %v", conn.Err())
 	}
-	if err := conn.Ping(); err != nil {
-		t.Fatalf("Ping: %v", err)
+	if rtt, err := conn.Ping(testCtx(t)); err != nil || rtt <= 0 {
+		t.Fatalf("Ping: %v, %v", rtt, err)
 	}
 }
 

@@ -358,8 +358,15 @@ func (s *H2Stream) CloseWrite() error {
 	return nil
 }
 
-// CloseRead is a no-op: finishing the stream stops reading.
-func (s *H2Stream) CloseRead() {}
+// CloseRead makes a blocked or later Read fail (an expired read deadline
+// is the one way net/http offers); finishing the stream also stops reading.
+func (s *H2Stream) CloseRead() {
+	s.stateMu.Lock()
+	defer s.stateMu.Unlock()
+	if !s.finished {
+		_ = s.rc.SetReadDeadline(time.Unix(1, 0))
+	}
+}
 
 // Reset aborts the stream: an expired write deadline makes net/http reset
 // it (INTERNAL_ERROR) and unblocks a blocked Write or Read.

@@ -1,0 +1,137 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ztna-dev/ztna/proxy/tunnel"
+)
+
+// TestTunnelLimitsAndUpdates, over QUIC and over the HTTP/2 fallback: a
+// user's streams are bounded across connections (the next one is refused
+// with a reason, and allowed again once one closes); a stream on which
+// nothing moves is closed after the idle timeout with that reason; a
+// policy reload that takes an app away sends the client its new app list
+// (and cuts the live stream); ping is answered.
+func TestTunnelLimitsAndUpdates(t *testing.T) {
+	for _, via := range []string{viaQUIC, viaUDPBlocked} {
+		t.Run(via, func(t *testing.T) { testTunnelLimitsAndUpdates(t, via) })
+	}
+}
+
+func testTunnelLimitsAndUpdates(t *testing.T, via string) {
+	env := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	cfg := currentConfig(env)
+	cfg.Tunnel.MaxStreamsPerUser = 2
+	cfg.Tunnel.StreamIdleTimeout = time.Second
+	if err := env.Edge.Apply(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+
+	alice := loginAs(t, env, "whoami", "alice", alicePassword)
+	cookie := sessionCookie(t, env, alice, "whoami")
+	_, cert := enrollDevice(t, env, "u-alice")
+	var mu sync.Mutex
+	var events []tunnel.Frame
+	client := tunnelClientVia(t, env, cookie, &cert, via)
+	client.OnEvent = func(f tunnel.Frame) {
+		mu.Lock()
+		events = append(events, f)
+		mu.Unlock()
+	}
+	conn, err := client.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if rtt, err := conn.Ping(ctx); err != nil {
+		t.Fatalf("ping: %v", err)
+	} else {
+		t.Logf("ping over %s: %v", conn.Transport(), rtt)
+	}
+
+	// A second connection of the same user shares the limit.
+	conn2, err := tunnelClientVia(t, env, cookie, &cert, via).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn2.Close()
+	open := func(c *tunnel.Conn) (net.Conn, *bufio.Reader) {
+		t.Helper()
+		s, err := c.Dial(ctx, "echo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		br := bufio.NewReader(s)
+		if _, err := br.ReadString('\n'); err != nil {
+			t.Fatal(err)
+		}
+		return s, br
+	}
+	s1, _ := open(conn)
+	s2, br2 := open(conn2)
+	_, err = conn.Dial(ctx, "echo")
+	var de *tunnel.DialError
+	if !errors.As(err, &de) || de.Status != tunnel.StatusLimit || !strings.Contains(de.Message, "2 tunnel connections") {
+		t.Fatalf("third stream: %v, want the per-user limit", err)
+	}
+	s1.Close()
+	waitFor(t, 5*time.Second, "a stream slot after closing one", func() bool {
+		s, err := conn.Dial(ctx, "echo")
+		if err != nil {
+			return false
+		}
+		s1 = s
+		return true
+	})
+	defer s1.Close()
+
+	// Idle: s2 has moved nothing since its greeting.
+	start := time.Now()
+	_ = s2.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err = br2.ReadString('\n')
+	idleAfter := time.Since(start)
+	if err == nil || !strings.Contains(err.Error(), "idle") {
+		t.Fatalf("idle stream: %v, want closed as idle", err)
+	}
+	if idleAfter > 3*time.Second {
+		t.Errorf("idle stream closed after %v, want about 1 s", idleAfter)
+	}
+	t.Logf("idle stream closed after %v: %v", idleAfter, err)
+
+	// A reload that takes echo away: the app list follows.
+	cfg = currentConfig(env)
+	for i := range cfg.Apps {
+		if cfg.Apps[i].Name == "echo" {
+			cfg.Apps[i].Rules = nil
+		}
+	}
+	if err := env.Edge.Apply(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "an empty app list pushed to the client", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, f := range events {
+			if f.Type == tunnel.FrameApps && len(f.Apps) == 0 {
+				return true
+			}
+		}
+		return false
+	})
+	if apps := conn.Apps(); len(apps) != 0 {
+		t.Errorf("apps after the reload: %+v, want none", apps)
+	}
+	_, err = conn.Dial(ctx, "echo")
+	if !errors.As(err, &de) || de.Status != tunnel.StatusUnknownApp {
+		t.Errorf("dial after the reload: %v, want unknown app", err)
+	}
+}
