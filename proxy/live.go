@@ -13,6 +13,9 @@ import (
 type cut struct {
 	reason   string
 	decision *groups.Decision // the denial, when a new decision ended it
+	// goingAway: the edge is shutting down, not withdrawing trust — a
+	// tunnel client should reconnect (to this edge or another replica).
+	goingAway bool
 }
 
 func (c *cut) Error() string { return c.reason }
@@ -179,6 +182,7 @@ func (l *liveRegistry) closeIn(only *string, verdict func(*liveEntry) *cut) {
 	}
 }
 
+// closeAll closes every live exchange because the edge is shutting down.
 func (l *liveRegistry) closeAll(reason string) {
 	l.mu.Lock()
 	all := l.bySess
@@ -186,7 +190,7 @@ func (l *liveRegistry) closeAll(reason string) {
 	l.mu.Unlock()
 	for _, m := range all {
 		for e := range m {
-			e.cancel(&cut{reason: reason})
+			e.cancel(&cut{reason: reason, goingAway: true})
 		}
 	}
 }

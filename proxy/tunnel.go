@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"github.com/ztna-dev/ztna/authn"
 	"github.com/ztna-dev/ztna/groups"
 	"github.com/ztna-dev/ztna/internal/audit"
+	"github.com/ztna-dev/ztna/internal/httperr"
 	"github.com/ztna-dev/ztna/proxy/edge"
 	"github.com/ztna-dev/ztna/proxy/tunnel"
 )
@@ -249,6 +251,8 @@ func (e *Edge) serveTunnelLink(ctx context.Context, conn tunnelLink) {
 	reason, code, byeCode := "the edge is going away", tunnel.CodeGoingAway, tunnel.ByeGoingAway
 	var c *cut
 	switch cause := context.Cause(cctx); {
+	case errors.As(cause, &c) && c.goingAway:
+		reason = c.reason
 	case errors.As(cause, &c):
 		reason, code, byeCode = c.reason, tunnel.CodeSessionRevoked, tunnel.ByeSessionRevoked
 	case errors.Is(cause, edge.ErrDraining), errors.Is(cause, edge.ErrMaxConnectionDuration):
@@ -310,7 +314,7 @@ func (e *Edge) tunnelHello(ctx context.Context, conn tunnelLink) (*tunnelConn, b
 		return refuse("device_required", "The tunnel needs this device's certificate: enroll it with `ztna agent enroll`.")
 	}
 	if q := e.quarantineRefusal(sess.Identity.Subject, sess.Identity.Email, dev); q != nil {
-		return refuse("quarantined", q.Message+" "+q.Checks[0].Reason)
+		return refuse("quarantined", refusalText(q))
 	}
 	tc.sessionID, tc.sessKey, tc.subject, tc.device = hello.Token, sess.Key, subjectOf(&sess.Identity), dev
 	tc.subjectNow, tc.apps = tc.subject, e.tunnelApps(st, tc.subject, dev)
@@ -373,7 +377,7 @@ func (e *Edge) serveTunnelStream(ctx context.Context, tc *tunnelConn, s tunnel.S
 	}
 	if refused := e.posture(a, sess.Identity.Subject, sess.Identity.Email, tc.device, start); refused != nil {
 		ev.Posture, _ = refusalVerdict(refused)
-		deny(tunnel.StatusDenied, groups.Decision{Reason: refused.Message})
+		deny(tunnel.StatusDenied, groups.Decision{Reason: refusalText(refused)})
 		return
 	}
 	ev.Posture = a.PostureProfile
@@ -534,4 +538,18 @@ func relay(dst io.Writer, src io.Reader, active *atomic.Int64) (int64, error) {
 			big, buf = nil, small
 		}
 	}
+}
+
+// refusalText is a posture or quarantine refusal as one line for the
+// tunnel client: the message, then each failing check and its fix.
+func refusalText(he *httperr.Error) string {
+	var b strings.Builder
+	b.WriteString(he.Message)
+	for _, c := range he.Checks {
+		b.WriteString(" " + c.Reason)
+		if c.Fix != "" {
+			b.WriteString(" Fix: " + c.Fix)
+		}
+	}
+	return b.String()
 }

@@ -108,8 +108,12 @@ type Env struct {
 	cfg     *proxy.Config
 	st      store.Store
 	audit   *audit.Log
-	closers []func(context.Context) error
-	once    sync.Once
+	closers []func(context.Context) error // run in reverse after the edge stopped
+	// shutdownEdge drains and stops the listeners; closeIdle drops the
+	// env's own idle connections to the edge first.
+	shutdownEdge func(context.Context) error
+	closeIdle    func()
+	once         sync.Once
 }
 
 // AppURL is the browser URL of the named demo app.
@@ -193,7 +197,9 @@ func Start(ctx context.Context, o Options) (env *Env, err error) {
 		return nil, err
 	}
 	env.Server = srv
-	env.closers = append(env.closers, srv.Shutdown)
+	// The edge stops first, in Close (not a closer): it drains while the
+	// store, the audit log and the apps are still there.
+	env.shutdownEdge = srv.Shutdown
 	port := srv.Addr().(*net.TCPAddr).Port
 	env.EdgeAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	env.AuthOrigin = "https://" + authHost + portSuffix(port)
@@ -205,9 +211,9 @@ func Start(ctx context.Context, o Options) (env *Env, err error) {
 	if err != nil {
 		return nil, err
 	}
-	// Runs before the edge's shutdown (closers run in reverse): an idle
-	// HTTP/2 connection would otherwise hold the drain for its GOAWAY grace.
-	env.closers = append(env.closers, func(context.Context) error { edgeClient.CloseIdleConnections(); return nil })
+	// Before the edge's shutdown: an idle HTTP/2 connection would
+	// otherwise hold the drain for its GOAWAY grace.
+	env.closeIdle = edgeClient.CloseIdleConnections
 	idp, err := devidp.New(devidp.Config{
 		Issuer: issuer,
 		Users:  env.Users,
@@ -293,7 +299,6 @@ func Start(ctx context.Context, o Options) (env *Env, err error) {
 	if env.ConfigYAML, err = configYAML(cfg); err != nil {
 		return nil, err
 	}
-	env.closers = append(env.closers, func(context.Context) error { px.Close(); return nil })
 	late.e.Store(px)
 	if o.LocalDevice {
 		if err := env.startLocalAgent(ctx, o.Logger); err != nil {
@@ -352,11 +357,21 @@ func (e *Env) startLocalAgent(ctx context.Context, logger *slog.Logger) error {
 	return nil
 }
 
-// Close stops everything, the edge first (it drains), then the apps, the
-// IdP and the store.
+// Close stops everything, the edge first (it drains: tunnel clients are
+// told to go away and reconnect, not that their session ended), then the
+// apps, the IdP and the store.
 func (e *Env) Close(ctx context.Context) error {
 	var err error
 	e.once.Do(func() {
+		if e.closeIdle != nil {
+			e.closeIdle()
+		}
+		if e.shutdownEdge != nil {
+			err = e.shutdownEdge(ctx)
+		}
+		if e.Edge != nil {
+			e.Edge.Close()
+		}
 		for i := len(e.closers) - 1; i >= 0; i-- {
 			err = errors.Join(err, e.closers[i](ctx))
 		}
