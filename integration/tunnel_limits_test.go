@@ -135,3 +135,48 @@ func testTunnelLimitsAndUpdates(t *testing.T, via string) {
 		t.Errorf("dial after the reload: %v, want unknown app", err)
 	}
 }
+
+// TestTunnelMigration: a QUIC tunnel connection moves to a new local
+// socket (connection migration, as after a network change) and its live
+// stream carries on through the edge; the HTTP/2 fallback says it cannot.
+func TestTunnelMigration(t *testing.T) {
+	env := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	alice := loginAs(t, env, "whoami", "alice", alicePassword)
+	cookie := sessionCookie(t, env, alice, "whoami")
+	_, cert := enrollDevice(t, env, "u-alice")
+	for _, via := range []string{viaQUIC, viaUDPBlocked} {
+		conn, err := tunnelClientVia(t, env, cookie, &cert, via).Connect(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		s, err := conn.Dial(ctx, "echo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		_ = s.SetDeadline(time.Now().Add(10 * time.Second))
+		br := bufio.NewReader(s)
+		if _, err := br.ReadString('\n'); err != nil {
+			t.Fatal(err)
+		}
+		err = conn.Migrate(ctx)
+		if via == viaUDPBlocked {
+			if !errors.Is(err, tunnel.ErrNoMigration) {
+				t.Errorf("migrate over HTTP/2: %v, want ErrNoMigration", err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("migrate: %v", err)
+		}
+		if _, err := s.Write([]byte("after the move\n")); err != nil {
+			t.Fatal(err)
+		}
+		if line, err := br.ReadString('\n'); err != nil || line != "after the move\n" {
+			t.Fatalf("echo after migrating: %q, %v", line, err)
+		}
+	}
+}

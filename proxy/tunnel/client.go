@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -199,11 +201,11 @@ func (c *Client) dial(ctx context.Context, tlsConf *tls.Config, logger *slog.Log
 	dialQUIC := func(ctx context.Context) (transport, error) {
 		conf := tlsConf.Clone()
 		conf.NextProtos = []string{ALPN}
-		qc, err := quic.DialAddr(ctx, c.Addr, conf, c.quicConfig())
+		qt, err := dialQUIC(ctx, c.Addr, conf, c.quicConfig())
 		if err != nil {
 			return nil, fmt.Errorf("tunnel: dial %s over QUIC: %w", c.Addr, err)
 		}
-		return quicTransport{qc}, nil
+		return qt, nil
 	}
 	httpsAddr := c.HTTPSAddr
 	if httpsAddr == "" {
@@ -333,6 +335,7 @@ type Conn struct {
 	cutSig  chan struct{}    // closed and replaced when cuts changes
 	bye     string
 	byeCode string
+	paths   []*quic.Transport // sockets of migrated paths, closed with the connection
 	err     error
 	done    chan struct{}
 }
@@ -466,7 +469,61 @@ func (c *Conn) readLoop() {
 		c.err = fmt.Errorf("tunnel: connection closed: %w", cause)
 	}
 	c.mu.Unlock()
+	c.mu.Lock()
+	paths := c.paths
+	c.paths = nil
+	c.mu.Unlock()
+	for _, tr := range paths {
+		_ = tr.Close()
+	}
 	close(c.done)
+}
+
+// ErrNoMigration is Migrate on a connection that cannot migrate: the
+// HTTP/2 fallback (TCP), or a QUIC connection whose edge disabled it.
+var ErrNoMigration = errors.New("tunnel: this connection cannot migrate")
+
+// Migrate moves a QUIC connection to a new local UDP socket — QUIC
+// connection migration (RFC 9000 §9) — after validating the new path, so
+// that after a network change the connection and its streams carry on
+// instead of reconnecting. On failure the connection stays on its old path.
+func (c *Conn) Migrate(ctx context.Context) error {
+	qt, ok := c.t.(quicTransport)
+	if !ok {
+		return ErrNoMigration
+	}
+	udp, err := net.ListenUDP("udp", nil)
+	if err != nil {
+		return fmt.Errorf("tunnel: migrate: %w", err)
+	}
+	tr := &quic.Transport{Conn: udp, ConnectionIDLength: clientConnIDLen}
+	fail := func(err error) error {
+		_ = tr.Close()
+		return fmt.Errorf("tunnel: migrate: %w", err)
+	}
+	path, err := qt.qc.AddPath(tr)
+	if err != nil {
+		return fail(errors.Join(ErrNoMigration, err))
+	}
+	if err := path.Probe(ctx); err != nil {
+		_ = path.Close()
+		return fail(err)
+	}
+	if err := path.Switch(); err != nil {
+		_ = path.Close()
+		return fail(err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	select {
+	case <-c.done:
+		_ = tr.Close()
+		return c.err
+	default:
+	}
+	c.paths = append(c.paths, tr)
+	c.logger.Info("tunnel connection migrated", "local", udp.LocalAddr().String())
+	return nil
 }
 
 // authEnded is an *AuthError when the edge ended the connection because
@@ -668,6 +725,14 @@ type Session struct {
 	// MinBackoff and MaxBackoff bound the wait between attempts; zero means
 	// 200 ms and 30 s.
 	MinBackoff, MaxBackoff time.Duration
+	// NetworkPoll is how often the machine's addresses are checked; when
+	// they change (a new Wi-Fi, a VPN, a cable), a QUIC connection migrates
+	// to a new socket (Conn.Migrate), or reconnects if it cannot. Zero
+	// means 5 s; negative turns the check off.
+	NetworkPoll time.Duration
+
+	// addrs lists the machine's addresses (tests replace it).
+	addrs func() ([]net.Addr, error)
 
 	once    sync.Once
 	mu      sync.Mutex
@@ -775,12 +840,15 @@ func (s *Session) run(ctx context.Context) error {
 		} else {
 			start := time.Now()
 			s.publish(conn, nil)
+			stopWatch := s.watchNetwork(conn, logger)
 			select {
 			case <-conn.Done():
 			case <-ctx.Done():
+				stopWatch()
 				_ = conn.Close()
 				return s.stopCause(ctx)
 			}
+			stopWatch()
 			s.publish(nil, nil)
 			cerr := conn.Err()
 			if ae := conn.authEnded(); ae != nil {
@@ -801,6 +869,73 @@ func (s *Session) run(ctx context.Context) error {
 			timer.Stop()
 			return s.stopCause(ctx)
 		}
+	}
+}
+
+// watchNetwork migrates conn when the machine's addresses change, or
+// closes it (so Run reconnects) when it cannot migrate. It returns a
+// function that stops the watch and waits for it.
+func (s *Session) watchNetwork(conn *Conn, logger *slog.Logger) (stop func()) {
+	every := s.NetworkPoll
+	if every == 0 {
+		every = 5 * time.Second
+	}
+	if every < 0 {
+		return func() {}
+	}
+	addrs := s.addrs
+	if addrs == nil {
+		addrs = net.InterfaceAddrs
+	}
+	snapshot := func() string {
+		list, err := addrs()
+		if err != nil {
+			return ""
+		}
+		names := make([]string, len(list))
+		for i, a := range list {
+			names[i] = a.String()
+		}
+		slices.Sort(names)
+		return strings.Join(names, ",")
+	}
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		last := snapshot()
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-conn.Done():
+				return
+			case <-t.C:
+			}
+			now := snapshot()
+			if now == last {
+				continue
+			}
+			last = now
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			err := conn.Migrate(ctx)
+			cancel()
+			switch {
+			case err == nil:
+			case errors.Is(err, ErrNoMigration) && conn.Transport() == TransportH2:
+				// A TCP connection survives what it survives; if the
+				// change broke it, HTTP/2 pings notice.
+			default:
+				logger.Info("tunnel: network changed and the connection could not move; reconnecting", "err", err)
+				_ = conn.Close()
+				return
+			}
+		}
+	}()
+	return func() {
+		close(quit)
+		<-done
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"io"
 	"math/big"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -858,4 +859,56 @@ func testCtx(t *testing.T) context.Context {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// TestSessionMigratesOnNetworkChange: when the machine's addresses change,
+// the Session moves its QUIC connection to a new socket (connection
+// migration) instead of reconnecting: the same connection, the same live
+// stream, a new local port.
+func TestSessionMigratesOnNetworkChange(t *testing.T) {
+	e := newTestEdge(t, map[string]string{"echo": echoServer(t)})
+	var mu sync.Mutex
+	addrs := []net.Addr{&net.IPNet{IP: net.IPv4(192, 0, 2, 1), Mask: net.CIDRMask(24, 32)}}
+	s := &Session{Client: e.client(t, goodToken), NetworkPoll: 20 * time.Millisecond,
+		addrs: func() ([]net.Addr, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			return slices.Clone(addrs), nil
+		}}
+	startSession(t, s)
+	nc, err := s.Dial(testCtx(t), "echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_ = nc.SetDeadline(time.Now().Add(testBound))
+	echoLine := func(line string) {
+		t.Helper()
+		if _, err := io.WriteString(nc, line); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(line))
+		if _, err := io.ReadFull(nc, got); err != nil || string(got) != line {
+			t.Fatalf("echo %q: %q, %v", line, got, err)
+		}
+	}
+	echoLine("before\n")
+	conn := s.Conn()
+	before := conn.t.localAddr().String()
+
+	mu.Lock()
+	addrs = append(addrs, &net.IPNet{IP: net.IPv4(198, 51, 100, 7), Mask: net.CIDRMask(24, 32)}) // a new network
+	mu.Unlock()
+	waitFor(t, "the connection to migrate", func() bool {
+		conn.mu.Lock()
+		defer conn.mu.Unlock()
+		return len(conn.paths) == 1
+	})
+	if s.Conn() != conn {
+		t.Fatal("the session reconnected instead of migrating")
+	}
+	echoLine("after\n")
+	if after := conn.paths[0].Conn.LocalAddr().String(); after == before {
+		t.Errorf("still on %s after the migration", before)
+	}
 }

@@ -2,7 +2,9 @@ package tunnel
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"time"
@@ -91,8 +93,49 @@ type transport interface {
 	name() string
 }
 
-// quicTransport is a QUIC connection to the edge.
-type quicTransport struct{ qc *quic.Conn }
+// quicTransport is a QUIC connection to the edge on its own UDP socket.
+type quicTransport struct {
+	qc *quic.Conn
+	tr *quic.Transport
+}
+
+// clientConnIDLen is the length of the client's connection IDs. quic-go's
+// DialAddr uses none, and then packets reaching a new socket after a
+// migration cannot be told apart; with IDs they can.
+const clientConnIDLen = 8
+
+// dialQUIC connects from a new UDP socket that is closed with the
+// connection.
+func dialQUIC(ctx context.Context, addr string, tlsConf *tls.Config, conf *quic.Config) (quicTransport, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return quicTransport{}, err
+	}
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return quicTransport{}, err
+	}
+	if len(ips) == 0 {
+		return quicTransport{}, fmt.Errorf("no address for %s", host)
+	}
+	raddr, err := net.ResolveUDPAddr("udp", net.JoinHostPort(ips[0].Unmap().String(), port))
+	if err != nil {
+		return quicTransport{}, err
+	}
+	udp, err := net.ListenUDP("udp", nil)
+	if err != nil {
+		return quicTransport{}, err
+	}
+	tr := &quic.Transport{Conn: udp, ConnectionIDLength: clientConnIDLen}
+	qc, err := tr.Dial(ctx, raddr, tlsConf, conf)
+	if err != nil {
+		_ = tr.Close()
+		return quicTransport{}, err
+	}
+	// The socket goes when the connection does, whoever ends it.
+	context.AfterFunc(qc.Context(), func() { _ = tr.Close() })
+	return quicTransport{qc: qc, tr: tr}, nil
+}
 
 func (t quicTransport) openStream(ctx context.Context) (Stream, error) {
 	s, err := t.qc.OpenStreamSync(ctx)
