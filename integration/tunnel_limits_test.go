@@ -180,3 +180,39 @@ func TestTunnelMigration(t *testing.T) {
 		}
 	}
 }
+
+// TestTunnelAppsSayWhyUnavailable: an app the policy opens to the user but
+// whose posture profile this device fails is listed with the reason and
+// the fix (what `ztna tunnel status` prints), and a stream to it is
+// refused with the same reason.
+func TestTunnelAppsSayWhyUnavailable(t *testing.T) {
+	env := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg := currentConfig(env)
+	for i := range cfg.Apps {
+		if cfg.Apps[i].Name == "echo" {
+			cfg.Apps[i].PostureProfile = "strict"
+		}
+	}
+	if err := env.Edge.Apply(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	alice := loginAs(t, env, "whoami", "alice", alicePassword)
+	_, cert := enrollDevice(t, env, "u-alice") // enrolled, no posture report yet
+	conn, err := tunnelClient(t, env, sessionCookie(t, env, alice, "whoami"), &cert).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	apps := conn.Apps()
+	if len(apps) != 1 || apps[0].Name != "echo" || !strings.Contains(apps[0].Unavailable, `"strict"`) {
+		t.Fatalf("apps %+v, want echo unavailable because of the strict profile", apps)
+	}
+	t.Logf("echo: %s", apps[0].Unavailable)
+	_, err = conn.Dial(ctx, "echo")
+	var de *tunnel.DialError
+	if !errors.As(err, &de) || de.Status != tunnel.StatusDenied || de.Message != apps[0].Unavailable {
+		t.Errorf("dial: %v, want denied with %q", err, apps[0].Unavailable)
+	}
+}

@@ -132,6 +132,20 @@ func (l *liveRegistry) reevaluate(p groups.Authorizer, reason string) {
 	})
 }
 
+// notify calls changed on the live exchanges matching match that have it
+// (tunnel connections, whose app list may have changed).
+func (l *liveRegistry) notify(match func(*liveEntry) bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, m := range l.bySess {
+		for e := range m {
+			if e.changed != nil && match(e) {
+				e.changed(e)
+			}
+		}
+	}
+}
+
 // closeWhere closes every live exchange for which match is true.
 func (l *liveRegistry) closeWhere(match func(*liveEntry) bool, reason string) {
 	l.closeEach(func(e *liveEntry) *cut {

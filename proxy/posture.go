@@ -193,6 +193,7 @@ func (e *Edge) onQuarantine(q posture.QuarantineEntry, released bool) {
 // and, when its quarantine may be lifted by a passing report, lift it.
 func (e *Edge) onReport(deviceID string, ev *posture.Evidence) {
 	e.recheckPosture(func(le *liveEntry) bool { return le.device == deviceID }, "device posture no longer met")
+	e.live.notify(func(le *liveEntry) bool { return le.device == deviceID }) // apps available or not
 	q, ok := e.quarantine.Device(deviceID)
 	st := e.state.Load()
 	if !ok || !q.AutoRelease || st.releaseProfile == nil || ev.Report == nil {

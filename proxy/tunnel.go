@@ -325,13 +325,19 @@ func (e *Edge) tunnelHello(ctx context.Context, conn tunnelLink) (*tunnelConn, b
 }
 
 // tunnelApps lists the TCP apps the user may reach from this device: the
-// outbound allow-list. Every other app is invisible through the tunnel.
+// outbound allow-list, each with why it refuses this device now, if it
+// does. Every other app is invisible through the tunnel.
 func (e *Edge) tunnelApps(st *State, subj groups.Subject, dev string) []tunnel.App {
-	visible := st.policy.Apps(subj, e.deviceAttrs(st, dev, time.Now()))
+	now := time.Now()
+	visible := st.policy.Apps(subj, e.deviceAttrs(st, dev, now))
 	var out []tunnel.App
 	for _, name := range visible {
 		if a := st.apps[name]; a != nil && a.TCP != "" {
-			out = append(out, tunnel.App{Name: name, Kind: "tcp"})
+			ta := tunnel.App{Name: name, Kind: "tcp"}
+			if refused := e.posture(a, subj.User, subj.Email, dev, now); refused != nil {
+				ta.Unavailable = refusalText(refused)
+			}
+			out = append(out, ta)
 		}
 	}
 	return out

@@ -28,7 +28,7 @@ change) cuts it.
 
 Commands:
   login                  sign in through your browser; the session is kept in --state-dir
-  logout                 forget the stored session
+  logout                 sign out: end the session at the edge, then forget it here
   status                 connect once: who you are, this device, the apps you may reach, or why not
   forward APP [LOCAL]    listen on LOCAL (default 127.0.0.1:0) and carry each connection to APP
   up                     keep the tunnel up with local listeners (--forward, --socks, --http-connect)
@@ -74,7 +74,7 @@ func runTunnel(ctx context.Context, args []string, stdout, stderr io.Writer) int
 
 // tunnelOpts are the flags every connecting command shares.
 type tunnelOpts struct {
-	stateDir, agentDir, caFile string
+	stateDir, agentDir, caFile, transport string
 }
 
 func (tf *tunnelOpts) register(fs *flag.FlagSet) {
@@ -82,6 +82,7 @@ func (tf *tunnelOpts) register(fs *flag.FlagSet) {
 	fs.StringVar(&tf.stateDir, "state-dir", def, "where 'ztna tunnel login' keeps the session")
 	fs.StringVar(&tf.agentDir, "agent-dir", defaultStateDir(), "the agent's state directory: this device's certificate")
 	fs.StringVar(&tf.caFile, "ca-file", "", "PEM file with an extra root CA for the edge's certificate (e.g. the ztna dev CA)")
+	fs.StringVar(&tf.transport, "transport", "auto", "auto (QUIC, or HTTP/2 over TLS when UDP is blocked), quic or h2")
 }
 
 // client builds the tunnel client: the stored session's edge and bearer,
@@ -109,9 +110,18 @@ func (tf *tunnelOpts) client(logger *slog.Logger) (*tunnel.Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	transport := tf.transport
+	switch transport {
+	case "auto", "":
+		transport = tunnel.TransportAuto
+	case tunnel.TransportQUIC, tunnel.TransportH2:
+	default:
+		return nil, fmt.Errorf("--transport %q: want auto, quic or h2", tf.transport)
+	}
 	token := sess.Token
 	return &tunnel.Client{
 		Addr:      addr,
+		Transport: transport,
 		TLSConfig: &tls.Config{RootCAs: roots, ServerName: u.Hostname(), Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13},
 		Token:     func(context.Context) (string, error) { return token, nil },
 		Logger:    logger,
@@ -153,7 +163,14 @@ Flags:
 	}
 	defer conn.Close()
 	w := conn.Welcome()
-	fmt.Fprintf(stdout, "connected to %s as %s (%s) from device %s; policy %s\n", c.Addr, w.Email, w.User, w.Device, w.Policy)
+	via := "QUIC"
+	if conn.Transport() == tunnel.TransportH2 {
+		via = "HTTP/2 over TLS (QUIC did not connect: is UDP blocked?)"
+	}
+	fmt.Fprintf(stdout, "connected to %s over %s as %s (%s) from device %s; policy %s\n", c.Addr, via, w.Email, w.User, w.Device, w.Policy)
+	if rtt, err := conn.Ping(cctx); err == nil {
+		fmt.Fprintf(stdout, "round trip to the edge: %v\n", rtt.Round(10*time.Microsecond))
+	}
 	apps := conn.Apps()
 	if len(apps) == 0 {
 		fmt.Fprintln(stdout, "no app is open to you through the tunnel")
@@ -161,6 +178,10 @@ Flags:
 	}
 	fmt.Fprintln(stdout, "apps:")
 	for _, a := range apps {
+		if a.Unavailable != "" {
+			fmt.Fprintf(stdout, "  %s (%s): unavailable from this device: %s\n", a.Name, a.Kind, a.Unavailable)
+			continue
+		}
 		fmt.Fprintf(stdout, "  %s (%s)\n", a.Name, a.Kind)
 	}
 	return nil

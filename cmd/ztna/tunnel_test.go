@@ -54,9 +54,21 @@ func TestTunnelForwardAndStatus(t *testing.T) {
 	if code := runTunnel(ctx, append([]string{"status"}, common...), &out, &errOut); code != 0 {
 		t.Fatalf("status: exit %d: %s", code, errOut.String())
 	}
-	if s := out.String(); !strings.Contains(s, "as alice@example.com (u-alice) from device "+env.LocalDeviceID) ||
-		!strings.Contains(s, "  echo (tcp)\n") {
+	if s := out.String(); !strings.Contains(s, "over QUIC as alice@example.com (u-alice) from device "+env.LocalDeviceID) ||
+		!strings.Contains(s, "  echo (tcp)\n") || !strings.Contains(s, "round trip to the edge: ") {
 		t.Errorf("status output:\n%s", s)
+	}
+	out.Reset()
+	if code := runTunnel(ctx, append([]string{"status", "--transport", "h2"}, common...), &out, &errOut); code != 0 {
+		t.Fatalf("status over HTTP/2: exit %d: %s", code, errOut.String())
+	}
+	if s := out.String(); !strings.Contains(s, "over HTTP/2 over TLS") || !strings.Contains(s, "  echo (tcp)\n") {
+		t.Errorf("status over HTTP/2:\n%s", s)
+	}
+	errOut.Reset()
+	if code := runTunnel(ctx, append([]string{"status", "--transport", "carrier-pigeon"}, common...), io.Discard, &errOut); code != 1 ||
+		!strings.Contains(errOut.String(), "want auto, quic or h2") {
+		t.Errorf("bad --transport: exit %d, %q", code, errOut.String())
 	}
 
 	fctx, fcancel := context.WithCancel(ctx)

@@ -41,7 +41,7 @@ func TestConnectWelcome(t *testing.T) {
 	if w.Type != FrameWelcome || w.User != "alice" || w.Device != "dev-1" {
 		t.Fatalf("welcome = %+v", w)
 	}
-	if apps := conn.Apps(); len(apps) != 1 || apps[0] != (App{"echo", "tcp"}) {
+	if apps := conn.Apps(); len(apps) != 1 || apps[0] != (App{Name: "echo", Kind: "tcp"}) {
 		t.Fatalf("apps = %+v", apps)
 	}
 	e.mu.Lock()
@@ -273,7 +273,7 @@ func TestControlEvents(t *testing.T) {
 	c.OnEvent = func(f Frame) { events <- f }
 	conn := connect(t, c)
 	ec := e.nextConn(t)
-	newApps := []App{{"echo", "tcp"}, {"ssh", "tcp"}}
+	newApps := []App{{Name: "echo", Kind: "tcp"}, {Name: "ssh", Kind: "tcp"}}
 	if err := ec.send(Frame{Type: FrameApps, Apps: newApps}); err != nil {
 		t.Fatal(err)
 	}

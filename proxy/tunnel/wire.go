@@ -253,6 +253,10 @@ type Frame struct {
 type App struct {
 	Name string `json:"name"`
 	Kind string `json:"kind"` // "tcp"
+	// Unavailable, if set, is why the app refuses streams from this device
+	// right now (its posture profile, a quarantine) and how to fix it,
+	// safe to show the user. The policy opens the app to the user.
+	Unavailable string `json:"unavailable,omitempty"`
 }
 
 const redacted = "REDACTED"

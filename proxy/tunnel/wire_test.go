@@ -148,7 +148,7 @@ func TestReadReplyRejects(t *testing.T) {
 func TestFrameRoundTrip(t *testing.T) {
 	frames := []Frame{
 		{Type: FrameHello, Version: Version, Token: "secret-session-id", Client: "ztna/test"},
-		{Type: FrameWelcome, User: "alice", Email: "alice@example.com", Device: "d1", Apps: []App{{"echo", "tcp"}}, Policy: "v3"},
+		{Type: FrameWelcome, User: "alice", Email: "alice@example.com", Device: "d1", Apps: []App{{Name: "echo", Kind: "tcp"}}, Policy: "v3"},
 		{Type: FrameError, Code: ErrorUnauthenticated, Message: "log in again"},
 		{Type: FrameClosed, Stream: 8, Reason: "device quarantined"},
 		{Type: FrameBye, Reason: "drain"},
