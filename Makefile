@@ -31,7 +31,7 @@ FUZZ_TARGETS := \
 	./groups:FuzzCompilePolicy:20000 \
 	./posture:FuzzParseReport:80000 \
 	./posture:FuzzDeviceFromCert:30000 \
-	./posture:FuzzEnrollUserCode:80000 \
+	./internal/usercode:FuzzNormalize:80000 \
 	./posture:FuzzParseFalco:50000 \
 	./posture:FuzzParseSignal:50000
 

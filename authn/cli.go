@@ -13,6 +13,19 @@ package authn
 //     session ID.
 //   - the client side (CLILogin): the loopback listener, the browser, the
 //     code exchange, and the session file the CLI keeps.
+//
+// Where no browser can be opened, the CLI uses the device authorization
+// grant instead (edge side in device_grant.go, client side CLIDeviceLogin
+// here), which answers at the same token endpoint. POST PathCLILogout ends
+// the CLI's session at the edge, by its bearer alone (RevokeCLISession).
+//
+// The loopback login keeps the browser binding every login has (the bind
+// cookie checked at the callback). PKCE and the CLI's state already keep a
+// code from being injected into this CLI (RFC 8252 §8.9); the binding in
+// addition keeps an authorization URL started elsewhere — by another user's
+// CLI on a shared machine, whose loopback port is theirs — from being
+// completed in this user's browser, which would create this user's session
+// and send its code to that port.
 
 import (
 	"context"
@@ -38,12 +51,14 @@ import (
 
 	"github.com/ztna-dev/ztna/internal/httperr"
 	"github.com/ztna-dev/ztna/internal/store"
+	"github.com/ztna-dev/ztna/internal/usercode"
 )
 
 // Paths of the native-app login on the auth host.
 const (
-	PathCLILogin = "/.ztna/cli/login"
-	PathCLIToken = "/.ztna/cli/token"
+	PathCLILogin  = "/.ztna/cli/login"
+	PathCLIToken  = "/.ztna/cli/token"  // the code exchange and device-code polls
+	PathCLILogout = "/.ztna/cli/logout" // POST with Authorization: Bearer SESSION_ID
 )
 
 const (
@@ -263,6 +278,14 @@ func (s *Service) cliToken(w http.ResponseWriter, r *http.Request) error {
 	if err := r.ParseForm(); err != nil {
 		return refuse("unreadable form")
 	}
+	switch r.PostForm.Get("grant_type") {
+	case "", "authorization_code":
+	case DeviceCodeGrantType:
+		return s.deviceToken(w, r)
+	default:
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "unsupported_grant_type"})
+		return nil
+	}
 	code := r.PostForm.Get("code")
 	if len(code) != sessionIDLen {
 		return refuse("malformed code")
@@ -300,6 +323,37 @@ func (s *Service) cliToken(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("load CLI session: %w", err)
 	}
 	writeJSON(w, http.StatusOK, CLIToken{Token: sess.ID, User: sess.Identity.Subject, Email: sess.Identity.Email, ExpiresAt: sess.ExpiresAt.UTC()})
+	return nil
+}
+
+// cliLogout ends the session whose ID the bearer carries, with its live
+// connections (the revoke hooks). Only the Authorization header counts —
+// never a cookie — so a page elsewhere cannot make a browser do it. A
+// session already gone is not an error: the answer is 204 either way.
+func (s *Service) cliLogout(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodPost {
+		return httperr.New(http.StatusMethodNotAllowed, "method_not_allowed", "Sign out with POST.")
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if _, valid := ParseSessionID(token); !ok || !valid {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="ztna", error="invalid_token"`)
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "invalid_token"})
+		return nil
+	}
+	sess, err := s.sessions.Get(r.Context(), token)
+	switch {
+	case errors.Is(err, ErrNoSession):
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	case err != nil:
+		return fmt.Errorf("cli logout: %w", err)
+	}
+	if err := s.sessions.Revoke(r.Context(), sess.Key); err != nil {
+		return fmt.Errorf("cli logout: %w", err)
+	}
+	s.logger.Info("cli logout", "user", sess.Identity.Subject, "session", sess.Ref())
+	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 
@@ -388,41 +442,62 @@ func (c *CLILogin) Run(ctx context.Context) (*CLIToken, error) {
 }
 
 func (c *CLILogin) exchange(ctx context.Context, code, verifier, redirectURI string) (*CLIToken, error) {
+	form := url.Values{"code": {code}, "code_verifier": {verifier}, "redirect_uri": {redirectURI}}
+	status, body, err := postCLIForm(ctx, c.HTTPClient, c.Edge+PathCLIToken, form)
+	if err != nil {
+		return nil, fmt.Errorf("token request: %w", err)
+	}
+	if status != http.StatusOK {
+		return nil, fmt.Errorf("the edge refused the sign-in code: %s", oauthError(status, body))
+	}
+	return parseCLIToken(body)
+}
+
+// postCLIForm posts form to u and returns the status and the (bounded)
+// body, within 30 seconds.
+func postCLIForm(ctx context.Context, hc *http.Client, u string, form url.Values) (int, []byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	form := url.Values{"code": {code}, "code_verifier": {verifier}, "redirect_uri": {redirectURI}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.Edge+PathCLIToken, strings.NewReader(form.Encode()))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, strings.NewReader(form.Encode()))
 	if err != nil {
-		return nil, err
+		return 0, nil, err
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
-	hc := c.HTTPClient
 	if hc == nil {
 		hc = http.DefaultClient
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("token request: %w", err)
+		return 0, nil, err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxCLITokenReply+1))
 	if err != nil {
-		return nil, fmt.Errorf("token response: %w", err)
+		return 0, nil, fmt.Errorf("read the answer: %w", err)
 	}
 	if len(body) > maxCLITokenReply {
-		return nil, errors.New("token response too large")
+		return 0, nil, errors.New("the answer is too large")
 	}
-	if resp.StatusCode != http.StatusOK {
-		var e struct {
-			Error string `json:"error"`
-		}
-		_ = json.Unmarshal(body, &e)
-		if e.Error == "" {
-			e.Error = "HTTP " + strconv.Itoa(resp.StatusCode)
-		}
-		return nil, fmt.Errorf("the edge refused the sign-in code: %s", e.Error)
+	return resp.StatusCode, body, nil
+}
+
+// oauthError is the "error" of an OAuth-style JSON error body, or the
+// HTTP status when there is none.
+func oauthError(status int, body []byte) string {
+	var e struct {
+		Error string `json:"error"`
 	}
+	_ = json.Unmarshal(body, &e)
+	// RFC 6749's error codes are short printable ASCII: anything else (a
+	// terminal escape, say) is not shown.
+	if e.Error == "" || len(e.Error) > 64 || strings.IndexFunc(e.Error, func(r rune) bool { return r < 0x20 || r > 0x7e }) >= 0 {
+		return "HTTP " + strconv.Itoa(status)
+	}
+	return e.Error
+}
+
+func parseCLIToken(body []byte) (*CLIToken, error) {
 	var tok CLIToken
 	if err := json.Unmarshal(body, &tok); err != nil {
 		return nil, fmt.Errorf("token response: %w", err)
@@ -431,6 +506,158 @@ func (c *CLILogin) exchange(ctx context.Context, code, verifier, redirectURI str
 		return nil, errors.New("token response without a valid token or user")
 	}
 	return &tok, nil
+}
+
+// Errors of CLIDeviceLogin.Run.
+var (
+	// ErrDeviceGrantDenied: the user pressed Deny in the browser.
+	ErrDeviceGrantDenied = errors.New("the sign-in was denied in the browser")
+	// ErrDeviceGrantExpired: nobody approved the code in time.
+	ErrDeviceGrantExpired = errors.New("the code expired before it was approved; run the command again")
+)
+
+// DeviceGrantPrompt is what the user must do to approve a device grant.
+type DeviceGrantPrompt struct {
+	VerificationURI         string // where to go, in a browser on any device
+	VerificationURIComplete string // the same with the code filled in
+	UserCode                string // the code to confirm, XXXX-XXXX
+	ExpiresIn               time.Duration
+}
+
+// CLIDeviceLogin is the client side of the device authorization grant: what
+// `ztna tunnel login --device` runs where no browser can be opened here.
+type CLIDeviceLogin struct {
+	// Edge is the auth origin, https://AUTH_HOST[:PORT].
+	Edge string
+	// HTTPClient makes the requests; nil → http.DefaultClient. It must
+	// trust the edge's certificate.
+	HTTPClient *http.Client
+	// Client names the program, "ztna-cli/VERSION", and Host this computer;
+	// the approval page shows both.
+	Client, Host string
+	// Prompt shows the user where to approve and which code to confirm.
+	// Polling starts when it returns.
+	Prompt func(DeviceGrantPrompt)
+}
+
+// maxDevicePollFailures is how many polls in a row may fail in transit
+// (network, 5xx) before Run gives up.
+const maxDevicePollFailures = 5
+
+// Run starts a grant, prompts, and polls at the edge's interval (longer
+// after each slow_down) until the grant is approved, denied or expired, or
+// ctx ends. The first poll is at once: the edge paces from it.
+func (c *CLIDeviceLogin) Run(ctx context.Context) (*CLIToken, error) {
+	form := url.Values{"client": {c.Client}}
+	if c.Host != "" {
+		form.Set("host", c.Host)
+	}
+	status, body, err := postCLIForm(ctx, c.HTTPClient, c.Edge+PathCLIDevice, form)
+	if err != nil {
+		return nil, fmt.Errorf("start the sign-in: %w", err)
+	}
+	if status != http.StatusOK {
+		return nil, fmt.Errorf("the edge refused to start a sign-in: %s", oauthError(status, body))
+	}
+	var start DeviceGrantStart
+	if err := json.Unmarshal(body, &start); err != nil {
+		return nil, fmt.Errorf("start the sign-in: %w", err)
+	}
+	if _, ok := ParseSessionID(start.DeviceCode); !ok {
+		return nil, errors.New("the edge answered without a valid device code")
+	}
+	if _, ok := usercode.Normalize(start.UserCode); !ok {
+		return nil, errors.New("the edge answered without a valid user code")
+	}
+	// The user is sent there: it must be the edge itself.
+	for _, u := range []string{start.VerificationURI, start.VerificationURIComplete} {
+		if !strings.HasPrefix(u, c.Edge+"/") || len(u) > 512 || strings.ContainsAny(u, " \t\r\n") {
+			return nil, fmt.Errorf("the edge sent a verification address off the edge: %.100q", u)
+		}
+	}
+	expiresIn := time.Duration(start.ExpiresIn) * time.Second
+	if expiresIn <= 0 || expiresIn > 30*time.Minute {
+		expiresIn = DeviceGrantTTL
+	}
+	interval := time.Duration(start.Interval) * time.Second
+	if interval <= 0 {
+		interval = DeviceGrantInterval // RFC 8628 §3.2's default
+	}
+	interval = min(interval, maxDeviceInterval)
+	ctx, cancel := context.WithTimeoutCause(ctx, expiresIn, ErrDeviceGrantExpired)
+	defer cancel()
+	if c.Prompt != nil {
+		c.Prompt(DeviceGrantPrompt{VerificationURI: start.VerificationURI, VerificationURIComplete: start.VerificationURIComplete,
+			UserCode: start.UserCode, ExpiresIn: expiresIn})
+	}
+
+	poll := url.Values{"grant_type": {DeviceCodeGrantType}, "device_code": {start.DeviceCode}}
+	failures := 0
+	for first := true; ; first = false {
+		if !first {
+			t := time.NewTimer(interval)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil, context.Cause(ctx) // ErrDeviceGrantExpired, or why ctx ended
+			case <-t.C:
+			}
+		}
+		status, body, err := postCLIForm(ctx, c.HTTPClient, c.Edge+PathCLIToken, poll)
+		if err == nil && status >= 500 {
+			err = fmt.Errorf("HTTP %d", status)
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				continue // the wait above reports it
+			}
+			if failures++; failures >= maxDevicePollFailures {
+				return nil, fmt.Errorf("polling the edge: %w", err)
+			}
+			continue
+		}
+		failures = 0
+		if status == http.StatusOK {
+			return parseCLIToken(body)
+		}
+		switch e := oauthError(status, body); e {
+		case "authorization_pending":
+		case "slow_down":
+			interval = min(interval+deviceGrantSlowDown, maxDeviceInterval)
+		case "access_denied":
+			return nil, ErrDeviceGrantDenied
+		case "expired_token":
+			return nil, ErrDeviceGrantExpired
+		default:
+			return nil, fmt.Errorf("the edge refused the sign-in: %s", e)
+		}
+	}
+}
+
+// RevokeCLISession ends sess at its edge (POST PathCLILogout with the
+// bearer). It returns nil only when the edge confirmed it (204).
+func RevokeCLISession(ctx context.Context, hc *http.Client, sess *CLISession) error {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, sess.Edge+PathCLILogout, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+sess.Token)
+	req.Header.Set("Accept", "application/json")
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxCLITokenReply))
+	if resp.StatusCode != http.StatusNoContent {
+		return fmt.Errorf("the edge answered HTTP %d", resp.StatusCode)
+	}
+	return nil
 }
 
 type callbackResult struct {
@@ -537,6 +764,19 @@ func SaveCLISession(dir string, sess *CLISession) error {
 // LoadCLISession reads dir/CLISessionFile. A missing file is
 // ErrNoCLISession; an expired session is an error that says to log in again.
 func LoadCLISession(dir string, now time.Time) (*CLISession, error) {
+	sess, err := ReadCLISession(dir)
+	if err != nil {
+		return nil, err
+	}
+	if !sess.ExpiresAt.IsZero() && !now.Before(sess.ExpiresAt) {
+		return nil, fmt.Errorf("the session of %s expired at %s: run 'ztna tunnel login' again", sess.User, sess.ExpiresAt.Local().Format(time.RFC3339))
+	}
+	return sess, nil
+}
+
+// ReadCLISession reads dir/CLISessionFile as LoadCLISession does, expired
+// or not (to sign out).
+func ReadCLISession(dir string) (*CLISession, error) {
 	path := filepath.Join(dir, CLISessionFile)
 	f, err := os.Open(path)
 	if err != nil {
@@ -559,9 +799,6 @@ func LoadCLISession(dir string, now time.Time) (*CLISession, error) {
 	}
 	if sess.Edge == "" || sess.Token == "" {
 		return nil, fmt.Errorf("%s: no edge or token in it; run 'ztna tunnel login' again", path)
-	}
-	if !sess.ExpiresAt.IsZero() && !now.Before(sess.ExpiresAt) {
-		return nil, fmt.Errorf("the session of %s expired at %s: run 'ztna tunnel login' again", sess.User, sess.ExpiresAt.Local().Format(time.RFC3339))
 	}
 	return &sess, nil
 }

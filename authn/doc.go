@@ -8,9 +8,12 @@
 // The edge's auth host runs the login; each app host receives the session
 // through a one-time handoff code bound to that browser. Native apps (the
 // `ztna tunnel` CLI) log in through the browser too, by RFC 8252's loopback
-// redirect with PKCE (cli.go, which also holds the CLI's side of it): they
-// get a session of their own as a bearer, which the browser never sees. authn never decides
-// access (that is package groups) and never trusts identity that arrives from
-// the client: a request is anonymous unless its session cookie names a live
-// session.
+// redirect with PKCE (cli.go, which also holds the CLI's side of it), or,
+// on a machine without a browser, by a device authorization grant the edge
+// serves (device_grant.go, RFC 8628's shape: a short code approved in any
+// browser): either way they get a session of their own as a bearer, which
+// the browser never sees, and end it with a bearer-authenticated logout.
+// authn never decides access (that is package groups) and never trusts
+// identity that arrives from the client: a request is anonymous unless its
+// session cookie (or, for the CLI, its bearer) names a live session.
 package authn

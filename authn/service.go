@@ -34,7 +34,7 @@ const (
 	PathLogout         = "/.ztna/logout"
 	PathSignedOut      = "/.ztna/signed-out"
 	PathBackchannel    = "/.ztna/backchannel-logout"
-	PathDevice         = "/.ztna/device"    // device approval page: the one auth-host page a login returns to
+	PathDevice         = "/.ztna/device"    // device approval page: an auth-host page a login returns to (PathCLIDevice is the other)
 	bindCookie         = "__Host-ztna_bind" // binds a login's state to the browser on the auth host
 	handoffBindCookie  = "__Host-ztna_hb"   // binds a handoff code to the browser on an app host
 	loginStateTTL      = 10 * time.Minute
@@ -52,6 +52,12 @@ type Pages interface {
 	// browsers block the redirect.
 	SignOut(w http.ResponseWriter, action, csrfToken, user string, redirectOrigins ...string)
 	SignedOut(w http.ResponseWriter)
+	// CLIDeviceGrant renders the device authorization page of the CLI
+	// login (device_grant.go): the code entry form (userCode ""), or the
+	// request to approve; approving redirects through redirectOrigins.
+	CLIDeviceGrant(w http.ResponseWriter, user, csrfToken, userCode, client, host string, requested time.Time, redirectOrigins ...string)
+	// Message renders a short page with a title and a message.
+	Message(w http.ResponseWriter, status int, title, message string)
 }
 
 // ServiceOptions wire a Service.
@@ -183,6 +189,10 @@ func (s *Service) ServeReserved(w http.ResponseWriter, r *http.Request, authHost
 		return s.cliLogin(w, r)
 	case authHost && r.URL.Path == PathCLIToken:
 		return s.cliToken(w, r)
+	case authHost && (r.URL.Path == PathCLIDevice || r.URL.Path == PathCLIDeviceDecide):
+		return s.serveDeviceGrant(w, r)
+	case authHost && r.URL.Path == PathCLILogout:
+		return s.cliLogout(w, r)
 	case authHost && r.URL.Path == PathSignedOut:
 		s.opts.Pages.SignedOut(w)
 		return nil
@@ -205,6 +215,9 @@ type loginState struct {
 	// CLI is set for a native-app login (cli.go): it ends at the CLI's
 	// loopback listener, not in this browser.
 	CLI *cliRequest `json:"cli,omitempty"`
+	// Grant is set for the approval of a device grant (device_grant.go):
+	// the session is the CLI's, bound to the grant.
+	Grant *grantApproval `json:"grant,omitempty"`
 }
 
 // handoffRecord carries a session from the auth host to one app host. The
@@ -227,7 +240,7 @@ func (s *Service) login(w http.ResponseWriter, r *http.Request) error {
 		return httperr.BadRequest("The address to return to after sign-in is not an app served here.", err)
 	}
 	if s.onAuthHost(rd) {
-		if u, _ := url.Parse(rd); u == nil || u.Path != PathDevice {
+		if u, _ := url.Parse(rd); u == nil || (u.Path != PathDevice && u.Path != PathCLIDevice) {
 			return httperr.BadRequest("The address to return to after sign-in is not an app served here.", errors.New("auth host return address is not the device page"))
 		}
 	}
@@ -314,6 +327,9 @@ func (s *Service) callback(w http.ResponseWriter, r *http.Request) error {
 	s.logger.Info("login", "user", id.Subject, "email", id.Email, "session", sess.Ref())
 	if ls.CLI != nil {
 		return s.finishCLILogin(w, r, sess, ls.CLI) // no cookie: the session is the CLI's
+	}
+	if ls.Grant != nil {
+		return s.finishDeviceGrant(w, r, sess, ls.Grant) // no cookie either
 	}
 	setCookie(w, SessionCookie, sess.ID, sess.ExpiresAt.Sub(s.opts.Now()))
 	return s.returnTo(w, r, sess.ID, ls.ReturnURL, ls.HandoffFor)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -19,10 +20,13 @@ import (
 	"github.com/ztna-dev/ztna/internal/httperr"
 	"github.com/ztna-dev/ztna/internal/store"
 	"github.com/ztna-dev/ztna/internal/store/memory"
+	"github.com/ztna-dev/ztna/web"
 )
 
-// fakePages records what the service asked to render.
+// fakePages records the sign-out pages the service asked to render; the
+// real pages render the rest (the device grant's, whose HTML tests read).
 type fakePages struct {
+	*web.Pages
 	mu        sync.Mutex
 	signOuts  []signOutCall
 	signedOut int
@@ -105,7 +109,7 @@ func newSvcEnv(t *testing.T) *svcEnv {
 	ie := newIDPEnv(t, func(c *devidp.Config) {
 		c.Clients[0].BackChannelLogoutURI = rcv.srv.URL + PathBackchannel
 	})
-	e := &svcEnv{idpEnv: ie, st: newMemoryStore(t), pages: &fakePages{}, rev: &revocations{}, clock: newTestClock(), logout: rcv}
+	e := &svcEnv{idpEnv: ie, st: newMemoryStore(t), pages: &fakePages{Pages: web.New(slog.New(slog.DiscardHandler))}, rev: &revocations{}, clock: newTestClock(), logout: rcv}
 	e.sessions = NewSessions(e.st, SessionsConfig{}, nil)
 	t.Cleanup(e.sessions.Wait)
 	e.sessions.OnRevoke(e.rev.record)

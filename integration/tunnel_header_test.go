@@ -184,11 +184,11 @@ func TestTunnelH2RefusesStrayConnect(t *testing.T) {
 		authority, label string
 		want             int
 	}{
-		{"echo:22", "control", http.StatusBadRequest},       // a target that is not the tunnel
-		{"127.0.0.1:22", "1", http.StatusForbidden},         // a data stream without a control stream
-		{tunnel.H2Authority, "", http.StatusForbidden},      // no label: a data stream without control
-		{tunnel.H2Authority, "1", http.StatusForbidden},     // no control stream yet
-		{tunnel.H2Authority, "-1", http.StatusForbidden},    // no control stream: refused before the label
+		{"echo:22", "control", http.StatusBadRequest},    // a target that is not the tunnel
+		{"127.0.0.1:22", "1", http.StatusBadRequest},     // not an open proxy
+		{tunnel.H2Authority, "", http.StatusForbidden},   // no label: a data stream without control
+		{tunnel.H2Authority, "1", http.StatusForbidden},  // no control stream yet
+		{tunnel.H2Authority, "-1", http.StatusForbidden}, // no control stream: refused before the label
 		{tunnel.H2Authority, "x" + strings.Repeat("9", 40), http.StatusForbidden},
 	} {
 		if got := connect(c.authority, c.label); got != c.want {

@@ -4,7 +4,10 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"io"
 	"net"
+	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -214,5 +217,59 @@ func TestTunnelAppsSayWhyUnavailable(t *testing.T) {
 	var de *tunnel.DialError
 	if !errors.As(err, &de) || de.Status != tunnel.StatusDenied || de.Message != apps[0].Unavailable {
 		t.Errorf("dial: %v, want denied with %q", err, apps[0].Unavailable)
+	}
+}
+
+// TestTunnelCarriesHTTPApp: an internal HTTP app declared as a TCP app is
+// used through the tunnel with an ordinary HTTP client (here the whoami
+// app, which only accepts connections with the edge's PROXY v2 identity):
+// the app sees alice, verified from the header the edge signed, over QUIC
+// and over the HTTP/2 fallback. The forged headers the client sends are
+// just bytes to the app — the identity is the PROXY header's.
+func TestTunnelCarriesHTTPApp(t *testing.T) {
+	for _, via := range []string{viaQUIC, viaUDPBlocked} {
+		t.Run(via, func(t *testing.T) {
+			env := newEnv(t)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			alice := loginAs(t, env, "whoami", "alice", alicePassword)
+			cookie := sessionCookie(t, env, alice, "whoami")
+			_, cert := enrollDevice(t, env, "u-alice")
+			cfg := currentConfig(env)
+			for i := range cfg.Apps {
+				if a := &cfg.Apps[i]; a.Name == "whoami" {
+					u, err := url.Parse(a.Upstream)
+					if err != nil {
+						t.Fatal(err)
+					}
+					a.TCP, a.Upstream, a.Host, a.PathPrefix = u.Host, "", "", ""
+				}
+			}
+			if err := env.Edge.Apply(ctx, cfg); err != nil {
+				t.Fatal(err)
+			}
+			conn, err := tunnelClientVia(t, env, cookie, &cert, via).Connect(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+				DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return conn.Dial(ctx, "whoami") },
+			}}
+			defer hc.CloseIdleConnections()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://whoami/hello?format=json", nil)
+			req.Header.Set("X-Forwarded-User", "u-admin") // not the edge's: the app must not believe it
+			resp, err := hc.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+			rep := decodeReport(t, body)
+			if resp.StatusCode != 200 || rep.ProxyIdentity == nil || rep.ProxyIdentity.Subject != "u-alice" ||
+				rep.ProxyIdentity.Audience != "whoami" || rep.Path != "/hello" {
+				t.Fatalf("through the tunnel: %d %+v", resp.StatusCode, rep)
+			}
+		})
 	}
 }

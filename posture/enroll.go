@@ -33,6 +33,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/ztna-dev/ztna/internal/store"
+	"github.com/ztna-dev/ztna/internal/usercode"
 )
 
 // Store buckets owned by enrollment.
@@ -46,8 +47,6 @@ const (
 const (
 	enrollProofPrefix  = "ztna-enroll:"
 	renewProofPrefix   = "ztna-renew:"
-	userCodeAlphabet   = "BCDFGHJKLMNPQRSTVWXZ" // no vowels (no words), no look-alikes
-	userCodeLen        = 8
 	enrollmentIDLen    = 43 // 32 random bytes, unpadded base64url
 	maxDeviceNameLen   = 64
 	maxPlatformLen     = 32
@@ -266,7 +265,7 @@ func (d *Devices) StartEnrollment(ctx context.Context, pub *ecdsa.PublicKey, nam
 	}
 	var code string
 	for range userCodeAttempts {
-		c := newUserCode()
+		c := usercode.New()
 		ok, err := d.st.PutIfAbsent(ctx, bucketEnrollCodes, secretStoreKey(c), []byte(key), EnrollmentTTL)
 		if err != nil {
 			_ = d.st.Delete(ctx, bucketEnrollments, key)
@@ -284,7 +283,7 @@ func (d *Devices) StartEnrollment(ctx context.Context, pub *ecdsa.PublicKey, nam
 	d.logger.Info("device enrollment started", "fingerprint", fingerprint, "name", name, "platform", platform)
 	return &PendingEnrollment{
 		EnrollmentID: id,
-		UserCode:     formatUserCode(code),
+		UserCode:     usercode.Format(code),
 		ExpiresAt:    rec.ExpiresAt,
 		CreatedAt:    rec.CreatedAt,
 		Name:         name,
@@ -313,7 +312,7 @@ func (d *Devices) EnrollFor(ctx context.Context, userID string, pub *ecdsa.Publi
 // (case-insensitive, dash optional) for the approval page. It has no
 // EnrollmentID.
 func (d *Devices) PendingByUserCode(ctx context.Context, code string) (*PendingEnrollment, error) {
-	c, ok := normalizeUserCode(code)
+	c, ok := usercode.Normalize(code)
 	if !ok {
 		return nil, ErrBadUserCode
 	}
@@ -336,7 +335,7 @@ func (d *Devices) PendingByUserCode(ctx context.Context, code string) (*PendingE
 	}
 	fp := sha256.Sum256(rec.PublicKey)
 	return &PendingEnrollment{
-		UserCode:    formatUserCode(c),
+		UserCode:    usercode.Format(c),
 		ExpiresAt:   rec.ExpiresAt,
 		CreatedAt:   rec.CreatedAt,
 		Name:        rec.Name,
@@ -363,7 +362,7 @@ func (d *Devices) Deny(ctx context.Context, userCode string) error {
 }
 
 func (d *Devices) decide(ctx context.Context, userCode, state, userID string) error {
-	c, ok := normalizeUserCode(userCode)
+	c, ok := usercode.Normalize(userCode)
 	if !ok {
 		return ErrBadUserCode
 	}
@@ -639,51 +638,6 @@ func newDeviceID() string {
 	rand.Read(b[:])
 	return "dev-" + hex.EncodeToString(b[:])
 }
-
-// newUserCode draws userCodeLen letters uniformly from userCodeAlphabet
-// (rejection sampling: 256 is not a multiple of 20).
-func newUserCode() string {
-	const limit = 256 - 256%len(userCodeAlphabet)
-	out := make([]byte, 0, userCodeLen)
-	var buf [16]byte
-	for len(out) < userCodeLen {
-		rand.Read(buf[:])
-		for _, c := range buf {
-			if int(c) < limit && len(out) < userCodeLen {
-				out = append(out, userCodeAlphabet[int(c)%len(userCodeAlphabet)])
-			}
-		}
-	}
-	return string(out)
-}
-
-// normalizeUserCode accepts what people type: any case, with or without the
-// dash or spaces.
-func normalizeUserCode(s string) (string, bool) {
-	if len(s) > 2*userCodeLen {
-		return "", false
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '-' || c == ' ':
-			continue
-		case c >= 'a' && c <= 'z':
-			c -= 'a' - 'A'
-		}
-		if strings.IndexByte(userCodeAlphabet, c) < 0 {
-			return "", false
-		}
-		b.WriteByte(c)
-	}
-	if b.Len() != userCodeLen {
-		return "", false
-	}
-	return b.String(), true
-}
-
-func formatUserCode(c string) string { return c[:userCodeLen/2] + "-" + c[userCodeLen/2:] }
 
 // cleanLabel checks a device-supplied label shown to people: printable
 // UTF-8, trimmed, bounded.

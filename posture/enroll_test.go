@@ -425,21 +425,3 @@ func TestEnrollConcurrentApprovePoll(t *testing.T) {
 		}
 	})
 }
-
-func FuzzEnrollUserCode(f *testing.F) {
-	for _, s := range []string{"BCDF-GHJK", "bcdfghjk", " b c d f - g h j k ", "AEIO-UAEI", "BCDF-GHJ", ""} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		c, ok := normalizeUserCode(s)
-		if !ok {
-			return
-		}
-		if len(c) != userCodeLen || strings.Trim(c, userCodeAlphabet) != "" {
-			t.Fatalf("normalizeUserCode(%q) = %q", s, c)
-		}
-		if again, ok := normalizeUserCode(formatUserCode(c)); !ok || again != c {
-			t.Fatalf("formatted code %q does not normalise back to %q", formatUserCode(c), c)
-		}
-	})
-}

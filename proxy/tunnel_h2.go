@@ -72,8 +72,9 @@ func (l *h2Link) peerCertificates() []*x509.Certificate { return l.certs }
 // HTTP/2 tunnel connection, or one of its data streams.
 func (e *Edge) serveTunnelH2(w http.ResponseWriter, r *http.Request) {
 	key := edge.ConnOf(r)
-	if key == nil || r.TLS == nil {
-		e.fail(w, r, httperr.New(http.StatusBadRequest, "bad_request", "CONNECT is only for the ztna tunnel."))
+	if key == nil || r.TLS == nil || r.ProtoMajor != 2 || r.Host != tunnel.H2Authority {
+		e.fail(w, r, httperr.New(http.StatusBadRequest, "bad_request",
+			"CONNECT is only for the ztna tunnel, over HTTP/2 to "+tunnel.H2Authority+"; this proxy reaches nothing else."))
 		return
 	}
 	if r.Header.Get(tunnel.H2StreamHeader) != tunnel.H2Control {

@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/ztna-dev/ztna/internal/httperr"
 )
@@ -134,14 +135,29 @@ func (p *Pages) Error(w http.ResponseWriter, r *http.Request, e *httperr.Error) 
 // follows a form POST, so the origins the sign-out passes through (the
 // IdP's logout, the edge's signed-out page) are added to the policy.
 func (p *Pages) SignOut(w http.ResponseWriter, action, csrfToken, user string, redirectOrigins ...string) {
+	p.render(w, http.StatusOK, "signout.html", map[string]any{"Action": action, "CSRF": csrfToken, "User": user},
+		formActionCSP(redirectOrigins))
+}
+
+// CLIDeviceGrant renders the CLI's device authorization page for user: a
+// form to enter the code (userCode ""), or the request to approve or deny
+// — which program, which computer, when. Approving redirects through
+// redirectOrigins (the IdP), which the form-action policy allows.
+func (p *Pages) CLIDeviceGrant(w http.ResponseWriter, user, csrfToken, userCode, client, host string, requested time.Time, redirectOrigins ...string) {
+	p.render(w, http.StatusOK, "cli_device.html", map[string]any{"User": user, "CSRF": csrfToken, "UserCode": userCode,
+		"Client": client, "Host": host, "Requested": requested}, formActionCSP(redirectOrigins))
+}
+
+// formActionCSP is the page policy with origins added to form-action:
+// browsers apply it to every redirect that follows a form POST.
+func formActionCSP(origins []string) string {
 	allowed := "form-action 'self'"
-	for _, o := range redirectOrigins {
+	for _, o := range origins {
 		if isOrigin(o) {
 			allowed += " " + o
 		}
 	}
-	csp := strings.Replace(ContentSecurityPolicy, "form-action 'self'", allowed, 1)
-	p.render(w, http.StatusOK, "signout.html", map[string]any{"Action": action, "CSRF": csrfToken, "User": user}, csp)
+	return strings.Replace(ContentSecurityPolicy, "form-action 'self'", allowed, 1)
 }
 
 // isOrigin accepts only scheme://host[:port] with no characters that could

@@ -90,6 +90,8 @@ func printBanner(w io.Writer, env *devenv.Env, admin, cfgFile string) {
 		fmt.Fprintf(&b, "    ztna tunnel login --edge %s --ca-file %s\n", env.AuthOrigin, env.CAFile)
 		fmt.Fprintf(&b, "    ztna tunnel forward --agent-dir %s --ca-file %s echo 127.0.0.1:7000\n", env.AgentDir, env.CAFile)
 		fmt.Fprintf(&b, "    nc 127.0.0.1 7000\n")
+		fmt.Fprintf(&b, "    ztna tunnel status --agent-dir %s --ca-file %s   (transport, apps, why not)\n", env.AgentDir, env.CAFile)
+		fmt.Fprintf(&b, "    ztna tunnel logout --ca-file %s   (no browser here? login --device)\n", env.CAFile)
 	}
 	fmt.Fprintf(&b, "\n  Signal API (quarantine a device, as Falcosidekick would):\n")
 	fmt.Fprintf(&b, "    curl --cacert %s -H \"Authorization: Bearer $(cat %s)\" \\\n", env.CAFile, filepath.Join(filepath.Dir(env.CAFile), "signals-token"))

@@ -21,12 +21,12 @@ import (
 const usage = `ztna — identity-aware zero-trust access proxy
 
 Usage:
-  ztna dev [flags]                 run the whole system on this machine (edge, dev IdP, demo apps)
-  ztna serve --config FILE         run the production edge
-  ztna agent enroll|run|status     enroll this device; report its posture on a schedule; show both
-  ztna policy check|test|explain   validate a policy directory; run its tests (CI); explain one decision
-  ztna tunnel login|status|forward|up   reach TCP apps through the edge from this enrolled device
-  ztna version                     print the version
+  ztna dev [flags]                             run the whole system on this machine (edge, dev IdP, demo apps)
+  ztna serve --config FILE                     run the production edge
+  ztna agent enroll|run|status                 enroll this device; report its posture on a schedule; show both
+  ztna policy check|test|explain               validate a policy directory; run its tests (CI); explain one decision
+  ztna tunnel login|logout|status|forward|up   reach TCP apps through the edge from this enrolled device
+  ztna version                                 print the version
 
 Run 'ztna COMMAND -h' for the flags of a command.
 `

@@ -21,13 +21,13 @@ import (
 const tunnelUsage = `Usage: ztna tunnel COMMAND [flags]
 
 Reaches TCP apps (SSH, databases, RDP, internal HTTP) through the edge over
-QUIC, from this enrolled device, without a VPN: only the apps the policy opens
+QUIC (HTTP/2 over TLS where UDP is blocked), from this enrolled device, without a VPN: only the apps the policy opens
 to you are reachable, every connection is authorized like a browser request,
 and a trust change (signed out, device quarantined, posture failing, a role
 change) cuts it.
 
 Commands:
-  login                  sign in through your browser; the session is kept in --state-dir
+  login                  sign in through your browser (--device: on another device); the session is kept in --state-dir
   logout                 sign out: end the session at the edge, then forget it here
   status                 connect once: who you are, this device, the apps you may reach, or why not
   forward APP [LOCAL]    listen on LOCAL (default 127.0.0.1:0) and carry each connection to APP

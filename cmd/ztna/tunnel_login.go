@@ -36,7 +36,12 @@ func defaultTunnelStateDir() (string, error) {
 	return filepath.Join(d, "ztna", "tunnel"), nil
 }
 
-// openBrowser opens url in the user's browser; tests replace it.
+// errNoDisplay: there is no graphical session to open a browser in.
+var errNoDisplay = errors.New("no graphical display (DISPLAY and WAYLAND_DISPLAY are unset)")
+
+// openBrowser opens url in the user's browser; tests replace it. It fails
+// where no browser can appear (a Linux/BSD session without a display, such
+// as SSH), rather than start a terminal browser over the command.
 var openBrowser = func(ctx context.Context, url string) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -47,10 +52,19 @@ var openBrowser = func(ctx context.Context, url string) error {
 	case "windows":
 		cmd = exec.CommandContext(ctx, "rundll32", "url.dll,FileProtocolHandler", url)
 	default:
+		if os.Getenv("DISPLAY") == "" && os.Getenv("WAYLAND_DISPLAY") == "" {
+			return errNoDisplay
+		}
 		cmd = exec.CommandContext(ctx, "xdg-open", url)
 	}
 	return cmd.Run()
 }
+
+// browserFailed carries why the browser could not be opened out of
+// CLILogin.Run, so the login can switch to the device grant.
+type browserFailed struct{ err error }
+
+func (e *browserFailed) Error() string { return "could not open a browser: " + e.err.Error() }
 
 func runTunnelLogin(args []string, stdout, stderr io.Writer) int {
 	defDir, dirErr := defaultTunnelStateDir()
@@ -58,7 +72,8 @@ func runTunnelLogin(args []string, stdout, stderr io.Writer) int {
 	edge := fs.String("edge", "", "the edge's auth origin, https://AUTH_HOST[:PORT] (required)")
 	caFile := fs.String("ca-file", "", "PEM file with an extra root CA for the edge's TLS certificate (e.g. the ztna dev CA)")
 	stateDir := fs.String("state-dir", defDir, "where the signed-in session is kept (session.json, mode 0600)")
-	noBrowser := fs.Bool("no-browser", false, "print the sign-in URL instead of opening a browser")
+	noBrowser := fs.Bool("no-browser", false, "print the sign-in URL instead of opening a browser (open it on this computer)")
+	device := fs.Bool("device", false, "sign in with a code confirmed in a browser on any device (no browser needed here)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: ztna tunnel login --edge https://AUTH_HOST[:PORT] [flags]
 
@@ -68,6 +83,12 @@ one-time code back to this command on a 127.0.0.1 port, which trades it (with a
 PKCE verifier only this command knows) for a session of your own. The session
 is stored in the state directory, readable only by you. It waits at most 5
 minutes.
+
+With --device, or by itself when no browser can be opened here (an SSH
+session, no display), it prints an address and a code instead: open the
+address in a browser on any device, sign in, check that the page shows the
+same code and approve. This command waits (at most 10 minutes) and then
+stores the session the same way. Approve only codes you started yourself.
 
 Flags:
 `)
@@ -96,6 +117,10 @@ Flags:
 		fmt.Fprintln(stderr, "ztna tunnel login: --state-dir must not be empty")
 		return 2
 	}
+	if *device && *noBrowser {
+		fmt.Fprintln(stderr, "ztna tunnel login: --device and --no-browser exclude each other")
+		return 2
+	}
 	hc, err := edgeHTTPClient(*caFile)
 	if err != nil {
 		return fail("%v", err)
@@ -104,20 +129,40 @@ Flags:
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	login := &authn.CLILogin{Edge: origin, HTTPClient: hc, OpenBrowser: func(u string) error {
-		if !*noBrowser {
-			if err := openBrowser(ctx, u); err == nil {
-				fmt.Fprintf(stdout, "Your browser has been opened to sign in. If it did not open, visit:\n\n  %s\n\n", u)
+	var tok *authn.CLIToken
+	if !*device {
+		login := &authn.CLILogin{Edge: origin, HTTPClient: hc, OpenBrowser: func(u string) error {
+			if *noBrowser {
+				fmt.Fprintf(stdout, "Open this URL in a browser on this computer to sign in:\n\n  %s\n\n", u)
 				return nil
 			}
+			if err := openBrowser(ctx, u); err != nil {
+				return &browserFailed{err}
+			}
+			fmt.Fprintf(stdout, "Your browser has been opened to sign in. If it did not open, visit:\n\n  %s\n\n", u)
+			return nil
+		}}
+		tok, err = login.Run(ctx)
+		if bf := (*browserFailed)(nil); errors.As(err, &bf) {
+			fmt.Fprintf(stderr, "Could not open a browser here (%v): signing in with a code instead.\n\n", bf.err)
+			*device = true
 		}
-		fmt.Fprintf(stdout, "Open this URL in a browser on this computer to sign in:\n\n  %s\n\n", u)
-		return nil
-	}}
-	tok, err := login.Run(ctx)
+		if errors.Is(err, context.DeadlineExceeded) {
+			return fail("nobody signed in within %s; run it again", authn.CLILoginTimeout)
+		}
+	}
+	if *device {
+		host, _ := os.Hostname()
+		dl := &authn.CLIDeviceLogin{Edge: origin, HTTPClient: hc, Client: "ztna-cli/" + version, Host: host,
+			Prompt: func(p authn.DeviceGrantPrompt) {
+				fmt.Fprintf(stderr, "To sign in, open this address in a browser on any device:\n\n  %s\n\n"+
+					"sign in, and check that the page shows the code\n\n  %s\n\n"+
+					"(or open %s). Approve only if it is the same code.\nWaiting for approval (at most %s)...\n",
+					p.VerificationURI, p.UserCode, p.VerificationURIComplete, p.ExpiresIn.Round(time.Minute))
+			}}
+		tok, err = dl.Run(ctx)
+	}
 	switch {
-	case errors.Is(err, context.DeadlineExceeded):
-		return fail("nobody signed in within %s; run it again", authn.CLILoginTimeout)
 	case errors.Is(err, context.Canceled):
 		return fail("interrupted")
 	case err != nil:
@@ -140,12 +185,15 @@ func runTunnelLogout(args []string, stdout, stderr io.Writer) int {
 	defDir, dirErr := defaultTunnelStateDir()
 	fs := flag.NewFlagSet("tunnel logout", flag.ContinueOnError)
 	stateDir := fs.String("state-dir", defDir, "the state directory 'ztna tunnel login' used")
+	caFile := fs.String("ca-file", "", "PEM file with an extra root CA for the edge's TLS certificate (e.g. the ztna dev CA)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: ztna tunnel logout [flags]
 
-Forgets the session 'ztna tunnel login' stored on this computer. The session is
-not yet ended at the edge: it stays valid there until it expires or an admin
-revokes it.
+Signs out: ends the session 'ztna tunnel login' stored at the edge (which also
+closes its tunnels), then removes it from this computer. If the edge cannot be
+reached, the session file is removed anyway and the command says that the
+session could not be ended at the edge and exits with status 1: it then stays
+valid there until it expires or an admin revokes it.
 
 Flags:
 `)
@@ -163,15 +211,38 @@ Flags:
 		return 2
 	}
 	path := filepath.Join(*stateDir, authn.CLISessionFile)
-	switch err := os.Remove(path); {
-	case errors.Is(err, os.ErrNotExist):
+	sess, readErr := authn.ReadCLISession(*stateDir)
+	if errors.Is(readErr, authn.ErrNoCLISession) {
 		fmt.Fprintln(stdout, "Not signed in.")
-	case err != nil:
+		return 0
+	}
+	var revokeErr error
+	switch {
+	case readErr != nil:
+		revokeErr = readErr
+	case !sess.ExpiresAt.IsZero() && !time.Now().Before(sess.ExpiresAt):
+		// Expired: the edge has ended it already.
+	default:
+		hc, err := edgeHTTPClient(*caFile)
+		if err != nil {
+			fmt.Fprintf(stderr, "ztna tunnel logout: %v\n", err)
+			return 2
+		}
+		defer hc.CloseIdleConnections()
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		revokeErr = authn.RevokeCLISession(ctx, hc, sess)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		fmt.Fprintf(stderr, "ztna tunnel logout: %v\n", err)
 		return 1
-	default:
-		fmt.Fprintf(stdout, "Signed out on this computer: removed %s.\n(The session stays valid at the edge until it expires or an admin revokes it.)\n", path)
 	}
+	if revokeErr != nil {
+		fmt.Fprintf(stderr, "ztna tunnel logout: removed %s, but the session could NOT be ended at the edge: %v\n"+
+			"It stays valid there until it expires or an admin revokes it.\n", path, revokeErr)
+		return 1
+	}
+	fmt.Fprintf(stdout, "Signed out: the session was ended at the edge and %s removed.\n", path)
 	return 0
 }
 
