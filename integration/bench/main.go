@@ -23,6 +23,14 @@
 // The targets are reached by URL only, so a faster forwarding core inside
 // the edge is measured by the same command without changing this harness.
 //
+// Then the client tunnel (tunnel.go): 1 GiB through one stream each way
+// through the real tunnel client and the child's edge, through a bare
+// quic-go stream relay in the child, and over plain TCP, all to the same
+// TCP sink in the child, which counts the bytes; streams opened per second
+// on one tunnel connection; and the edge's memory per connected client and
+// per idle stream, read in the child. For these the harness itself runs
+// the clients, pinned to the other CPU.
+//
 // It must never: bind anything but 127.0.0.1, print the session cookie (it
 // reaches wrk through a 0600 script file, not the command line), leave a
 // child or wrk process behind, or report figures from a run in which a
@@ -37,6 +45,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -56,11 +65,20 @@ type options struct {
 	dialDuration time.Duration
 	dialWarmup   time.Duration
 	dialWorkers  int
+
+	httpBench     bool
+	tunnel        bool
+	tunnelMiB     int
+	tunnelRounds  int
+	tunnelClients int
+	tunnelStreams int
+	tunnelTarget  float64
 }
 
 func main() {
 	var o options
 	serve := flag.Bool("serve", false, "internal: run as the server child (started by the harness itself)")
+	idleAddr := flag.String("tunnel-idle-app", "", "internal: the harness's idle TCP app, declared on the child's edge")
 	flag.DurationVar(&o.duration, "duration", 8*time.Second, "measured duration of each wrk run")
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "warm-up before each measured run (not counted)")
 	flag.IntVar(&o.connections, "connections", 32, "keep-alive connections wrk keeps open")
@@ -69,14 +87,21 @@ func main() {
 	flag.IntVar(&o.clientCPU, "client-cpu", -1, "CPU wrk is pinned to; -1 → the first allowed CPU")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "after the measured rounds, run the ztna target once more with the child's CPU profile written to this file")
 	flag.Float64Var(&o.target, "target", 0.80, "the goal: ztna req/s ÷ bare-proxy req/s")
-	flag.BoolVar(&o.strict, "require-target", false, "exit non-zero when the goal is not met")
-	flag.DurationVar(&o.dialDuration, "dial-duration", 3*time.Second, "measured duration of each new-connection run (plain, PROXY v2); 0 skips them")
-	flag.DurationVar(&o.dialWarmup, "dial-warmup", 500*time.Millisecond, "warm-up before each new-connection run")
-	flag.IntVar(&o.dialWorkers, "dial-workers", 4, "concurrent dialers in the server child")
+	flag.BoolVar(&o.strict, "require-target", false, "exit non-zero (3) when a goal (-target, -tunnel-target, idle-stream memory) is not met")
+	flag.DurationVar(&o.dialDuration, "dial-duration", 3*time.Second, "measured duration of each new-connection run (plain, PROXY v2) and of each tunnel streams-per-second run; 0 skips them")
+	flag.DurationVar(&o.dialWarmup, "dial-warmup", 500*time.Millisecond, "warm-up before each new-connection or tunnel-stream run")
+	flag.IntVar(&o.dialWorkers, "dial-workers", 4, "concurrent dialers in the server child, and concurrent tunnel stream openers in the harness")
+	flag.BoolVar(&o.httpBench, "http", true, "run the HTTP pipeline and new-connection measurements (needs wrk); false skips them")
+	flag.BoolVar(&o.tunnel, "tunnel", true, "run the client tunnel measurements; false skips them")
+	flag.IntVar(&o.tunnelMiB, "tunnel-mib", 1024, "MiB moved through one stream per transfer (each path, each direction)")
+	flag.IntVar(&o.tunnelRounds, "tunnel-rounds", 3, "how many times the six transfers (tunnel, bare relay, TCP; up and down) are measured; the table shows the median")
+	flag.IntVar(&o.tunnelClients, "tunnel-clients", 200, "tunnel connections opened for the edge's memory per connected client; 0 skips the memory measurement")
+	flag.IntVar(&o.tunnelStreams, "tunnel-streams", 1000, fmt.Sprintf("idle streams (%d per connection) for the edge's memory per idle stream", streamsPerConn))
+	flag.Float64Var(&o.tunnelTarget, "tunnel-target", 0.85, "the goal: tunnel MiB/s ÷ bare quic-go relay MiB/s, each direction")
 	flag.Parse()
 
 	if *serve {
-		if err := serveChild(); err != nil {
+		if err := serveChild(*idleAddr); err != nil {
 			fmt.Fprintln(os.Stderr, "bench server:", err)
 			os.Exit(1)
 		}
@@ -121,13 +146,28 @@ func (o *options) check() error {
 		return errors.New("-dial-warmup must be 0–5s")
 	case o.dialWorkers < 1 || o.dialWorkers > 64:
 		return errors.New("-dial-workers must be 1–64")
+	case !o.httpBench && !o.tunnel:
+		return errors.New("-http=false and -tunnel=false leave nothing to measure")
+	case o.tunnelMiB < 1 || o.tunnelMiB > 16<<10:
+		return errors.New("-tunnel-mib must be 1–16384")
+	case o.tunnelRounds < 1 || o.tunnelRounds > 20:
+		return errors.New("-tunnel-rounds must be 1–20")
+	case o.tunnelClients < 0 || o.tunnelClients > 5000:
+		return errors.New("-tunnel-clients must be 0–5000")
+	case o.tunnelStreams < 0 || (o.tunnelClients > 0 && o.tunnelStreams > streamsPerConn*o.tunnelClients):
+		return fmt.Errorf("-tunnel-streams must be 0–%d × -tunnel-clients", streamsPerConn)
+	case o.tunnelStreams > 1024:
+		// All streams are the bench user's: the edge's tunnel.max_streams_per_user (default 1024) refuses more.
+		return errors.New("-tunnel-streams must be at most 1024, the edge's default limit of open streams per user")
+	case o.tunnelTarget <= 0:
+		return errors.New("-tunnel-target must be positive")
 	}
 	return nil
 }
 
-// targetMissed is returned with -require-target when the goal is not met.
-type targetMissed struct{ ratio, goal float64 }
+// targetMissed is returned with -require-target when a goal is not met.
+type targetMissed struct{ misses []string }
 
 func (t *targetMissed) Error() string {
-	return fmt.Sprintf("goal not met: ztna is %.2f of the bare proxy, the goal is ≥ %.2f", t.ratio, t.goal)
+	return "goal not met: " + strings.Join(t.misses, "; ")
 }

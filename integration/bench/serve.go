@@ -72,6 +72,12 @@ type serverInfo struct {
 	PPHost   string `json:"pp_host"`   // the Host header of the PROXY v2 bench app: bench-pp.localhost:R
 	Cookie   string `json:"cookie"`    // the session cookie value: a secret, never printed
 	CAFile   string `json:"ca_file"`   // the dev CA that signed the edge (and bare) certificate
+
+	// The tunnel benchmark (tunnel.go, tunnel_relay.go).
+	EdgeUDP      string `json:"edge_udp"`          // 127.0.0.1:R — the edge's QUIC port (the tunnel)
+	Sink         string `json:"sink"`              // 127.0.0.1:S — the TCP sink/source of sinkApp
+	Relay        string `json:"relay"`             // 127.0.0.1:U — the bare quic-go relay (UDP)
+	RelayBuffers [2]int `json:"relay_udp_buffers"` // its socket's SO_RCVBUF, SO_SNDBUF
 }
 
 // counts is what countPath reports.
@@ -99,10 +105,14 @@ type identityReport struct {
 	ProxyAudience string `json:"proxy_aud,omitempty"`
 }
 
-// serveChild runs the targets, and the echo apps of the new-connection
-// measurement, in this process until stdin closes, answering the harness's
-// commands (one per line) on stdout.
-func serveChild() error {
+// serveChild runs the targets, the echo apps of the new-connection
+// measurement and the edge side of the tunnel benchmark in this process
+// until stdin closes, answering the harness's commands (one per line) on
+// stdout. idleAddr is the harness's idle TCP app ("" → none).
+func serveChild(idleAddr string) error {
+	if err := checkIdleAddr(idleAddr); err != nil {
+		return err
+	}
 	// SIGINT/SIGTERM end it like a closed stdin, so the temp dir goes.
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
@@ -202,6 +212,13 @@ func serveChild() error {
 		return err
 	}
 	defer dials.close()
+	// The tunnel benchmark's sink; the bare relay starts below, once the
+	// edge's certificate is known.
+	tun := &tunnelSide{dials: dials}
+	if tun.sink, err = startSink(); err != nil {
+		return err
+	}
+	defer tun.close()
 
 	cfg := *env.Config()
 	rules := []groups.Rule{{Name: "engineers", Groups: []string{benchGroup}}}
@@ -210,6 +227,7 @@ func serveChild() error {
 		proxy.AppConfig{Name: ppApp, Host: ppHost, Upstream: "http://" + ppRaw.Addr().String(), ProxyProtocol: "v2", Rules: rules},
 		proxy.AppConfig{Name: tcpApp, TCP: dials.ppAddr, ProxyProtocol: "v2", Rules: rules},
 	)
+	cfg.Apps = append(cfg.Apps, tun.apps(rules, idleAddr)...)
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("bench config: %w", err)
 	}
@@ -224,6 +242,10 @@ func serveChild() error {
 	if err != nil {
 		return err
 	}
+	if tun.relay, err = startRelay(cert, tun.sink.addr()); err != nil {
+		return fmt.Errorf("bare QUIC relay: %w", err)
+	}
+	tun.edge = env.Edge
 	target, _ := url.Parse(upstreamURL)
 	bare := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -281,6 +303,11 @@ func serveChild() error {
 		PPHost:   ppHost + ":" + edgePort,
 		Cookie:   cookie,
 		CAFile:   env.CAFile,
+
+		EdgeUDP:      env.EdgeAddr,
+		Sink:         tun.sink.addr(),
+		Relay:        tun.relay.addr(),
+		RelayBuffers: [2]int{tun.relay.rcvBuf, tun.relay.sndBuf},
 	}
 	out := bufio.NewWriter(os.Stdout)
 	if err := json.NewEncoder(out).Encode(info); err != nil {
@@ -290,7 +317,7 @@ func serveChild() error {
 		return err
 	}
 	done := make(chan error, 1)
-	go func() { done <- commandLoop(os.Stdin, out, auditPath, dials) }()
+	go func() { done <- commandLoop(os.Stdin, out, auditPath, dials, tun) }()
 	select {
 	case err := <-done:
 		return err
@@ -307,7 +334,9 @@ func serveChild() error {
 //	dial-rate MODE WARMUP DURATION WORKERS
 //	                     new connections to a TCP echo app, MODE plain
 //	                     or pp (Edge.DialTCP, PROXY v2); JSON dialResult
-func commandLoop(in io.Reader, out *bufio.Writer, auditPath string, dials *dialBench) error {
+//	tunnel-enroll, tunnel-mem, tunnel-counts
+//	                     the tunnel benchmark's (tunnelSide.command)
+func commandLoop(in io.Reader, out *bufio.Writer, auditPath string, dials *dialBench, tun *tunnelSide) error {
 	var profile *os.File
 	defer func() {
 		if profile != nil {
@@ -354,6 +383,12 @@ func commandLoop(in io.Reader, out *bufio.Writer, auditPath string, dials *dialB
 			}
 			b, _ := json.Marshal(res)
 			reply = "ok " + string(b)
+		case "tunnel-enroll", "tunnel-mem", "tunnel-counts":
+			res, err := tun.command(cmd, arg)
+			reply = "ok " + res
+			if err != nil {
+				reply = "err " + strings.ReplaceAll(err.Error(), "\n", " ")
+			}
 		case "audit-lines":
 			n, err := countLines(auditPath)
 			reply = "ok " + strconv.Itoa(n)
