@@ -30,6 +30,7 @@ const (
 	tunnelHelloWait  = 10 * time.Second // the control stream and its hello
 	tunnelHeaderWait = 5 * time.Second  // a data stream's header
 	tunnelDialWait   = 10 * time.Second // the app's TCP connection
+	tunnelByeWait    = time.Second      // for the client to hang up after "bye"
 )
 
 // TunnelConfig bounds the client tunnel endpoint. Streams per connection
@@ -227,27 +228,28 @@ func (e *Edge) serveTunnelLink(ctx context.Context, conn tunnelLink) {
 		changed: func(le *liveEntry) { tc.poke(e, cctx, le.req.Subject) }}
 	e.live.register(live)
 	defer e.live.unregister(live)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	wg.Go(func() { tc.readControl() })
-	defer tc.ctrl.CloseRead() // before wg.Wait: ends readControl
+	var control, streams sync.WaitGroup
+	defer control.Wait()
+	control.Go(func() { tc.readControl() })
+	defer tc.ctrl.CloseRead() // before control.Wait: ends readControl
+	defer streams.Wait()
 	for {
 		s, err := conn.acceptStream(cctx)
 		if err != nil {
 			break
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			e.serveTunnelStream(cctx, tc, s)
-		}()
+		streams.Go(func() { e.serveTunnelStream(cctx, tc, s) })
 	}
 	if cctx.Err() == nil {
 		return // the client closed the connection
 	}
-	// The edge ends the connection: say why before closing it (the edge
-	// listener closes it a moment later anyway on drain and at the
-	// maximum connection duration).
+	// The edge ends the connection. Every stream reports its cut first
+	// ("closed" frames, resets), then "bye" says why the connection ends;
+	// the client hangs up when it reads it. Closing the connection before
+	// that would discard what is still unsent, so the edge waits for the
+	// client a moment (the edge listener closes it anyway on drain and at
+	// the maximum connection duration).
+	streams.Wait()
 	reason, code, byeCode := "the edge is going away", tunnel.CodeGoingAway, tunnel.ByeGoingAway
 	var c *cut
 	switch cause := context.Cause(cctx); {
@@ -259,6 +261,11 @@ func (e *Edge) serveTunnelLink(ctx context.Context, conn tunnelLink) {
 		reason = cause.Error()
 	}
 	tc.send(tunnel.Frame{Type: tunnel.FrameBye, Code: byeCode, Reason: reason})
+	_ = tc.ctrl.CloseWrite()
+	select {
+	case <-conn.done():
+	case <-time.After(tunnelByeWait):
+	}
 	conn.close(code, reason)
 }
 
@@ -348,7 +355,11 @@ func (e *Edge) tunnelApps(st *State, subj groups.Subject, dev string) []tunnel.A
 func (e *Edge) serveTunnelStream(ctx context.Context, tc *tunnelConn, s tunnel.Stream) {
 	start := time.Now()
 	_ = s.SetReadDeadline(start.Add(tunnelHeaderWait))
+	stopHeader := context.AfterFunc(ctx, func() { s.Reset(tunnel.StreamCut) }) // the connection is ending
 	h, err := tunnel.ReadHeader(s)
+	if !stopHeader() {
+		return
+	}
 	if err != nil {
 		s.Reset(tunnel.StreamBadHeader)
 		return
@@ -487,6 +498,8 @@ func (e *Edge) serveTunnelStream(ctx context.Context, tc *tunnelConn, s tunnel.S
 				reason = c.reason
 			case errors.Is(cause, errStreamIdle):
 				reason, code = fmt.Sprintf("no data moved for %v: closed as idle", idle), tunnel.StreamIdle
+			case errors.Is(cause, edge.ErrDraining), errors.Is(cause, edge.ErrMaxConnectionDuration):
+				reason = "the edge ended the connection: " + cause.Error() + "; reconnect"
 			}
 			tc.send(tunnel.Frame{Type: tunnel.FrameClosed, Stream: s.ID(), Reason: reason})
 			s.Reset(code)

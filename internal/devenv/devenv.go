@@ -76,6 +76,11 @@ type Options struct {
 	// once) and 5s.
 	DrainDelay   time.Duration
 	GraceTimeout time.Duration
+	// MaxConnectionDuration is the edge's listen.max_connection_duration:
+	// a client connection older than this is told to go away (HTTP/2
+	// GOAWAY, a tunnel "bye") so the client reconnects. 0 → off, as in
+	// `ztna dev`; tests of the client's reconnect set it.
+	MaxConnectionDuration time.Duration
 	// Registry for metrics; nil → a fresh registry.
 	Registry *prometheus.Registry
 	// LocalDevice enrolls this machine for the first demo user (alice) and
@@ -180,6 +185,7 @@ func Start(ctx context.Context, o Options) (env *Env, err error) {
 	srv, err := edge.New(edge.Config{
 		Address: o.Listen, HTTPRedirectAddress: o.RedirectListen, AdminAddress: o.AdminListen, ProxyProtocol: o.ProxyProtocol,
 		DrainDelay: o.DrainDelay, GraceTimeout: o.GraceTimeout,
+		MaxConnectionDuration: o.MaxConnectionDuration,
 	}, edge.Options{
 		Handler: late,
 		TLSConfig: &tls.Config{GetCertificate: late.GetCertificate,

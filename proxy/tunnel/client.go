@@ -258,6 +258,16 @@ func (c *Client) dial(ctx context.Context, tlsConf *tls.Config, logger *slog.Log
 	if herr != nil {
 		return nil, fmt.Errorf("%w (and %w)", herr, qerr)
 	}
+	// QUIC may have failed only because the edge was not up yet (it just
+	// restarted, and HTTP/2 found it up): one more short try before
+	// settling for HTTP/2 and preferring it for a while.
+	rctx, rcancel := context.WithTimeout(ctx, min(timeout, time.Second))
+	qt, err := dialQUIC(rctx)
+	rcancel()
+	if err == nil {
+		t.close(CodeNoError, "")
+		return qt, nil
+	}
 	c.mu.Lock()
 	c.h2Until = time.Now().Add(preferH2For)
 	c.mu.Unlock()
@@ -442,6 +452,12 @@ func (c *Conn) readLoop() {
 		if c.client.OnEvent != nil {
 			c.client.OnEvent(f)
 		}
+		if f.Type == FrameBye {
+			// Everything the edge had to say came before "bye" on this
+			// stream: hang up, so the edge need not close the connection
+			// while frames are still on their way.
+			c.t.close(CodeNoError, "bye")
+		}
 	}
 	c.mu.Lock()
 	bye := c.bye != ""
@@ -464,7 +480,7 @@ func (c *Conn) readLoop() {
 	c.mu.Lock()
 	switch {
 	case c.bye != "":
-		c.err = fmt.Errorf("tunnel: edge closed the connection (%s): %w", c.bye, cause)
+		c.err = fmt.Errorf("tunnel: the edge ended the connection: %s", c.bye)
 	default:
 		c.err = fmt.Errorf("tunnel: connection closed: %w", cause)
 	}
@@ -563,7 +579,10 @@ func (c *Conn) cutReason(id int64) string {
 		case <-timer.C:
 			return ""
 		case <-c.done:
-			return ""
+			// The reader has stopped: a last look at what it recorded.
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			return c.cuts[id]
 		}
 	}
 }
@@ -638,7 +657,9 @@ func (c *Conn) mapStreamErr(app string, id int64, err error) error {
 		}
 		return err
 	}
-	if c.t.context().Err() == nil {
+	var appErr *quic.ApplicationError
+	remoteClose := errors.As(err, &appErr) && appErr.Remote // quic-go fails streams before the connection's context
+	if !remoteClose && c.t.context().Err() == nil {
 		return err // a local error (a deadline, a Close)
 	}
 	// The connection ended under the stream: the edge's "closed" frame for
@@ -646,14 +667,14 @@ func (c *Conn) mapStreamErr(app string, id int64, err error) error {
 	reason := c.cutReason(id)
 	if reason == "" {
 		c.mu.Lock()
-		if c.byeCode == ByeSessionRevoked {
-			reason = c.bye
-		}
+		reason = c.bye
 		c.mu.Unlock()
 	}
-	var appErr *quic.ApplicationError
-	if reason == "" && errors.As(err, &appErr) && appErr.Remote && appErr.ErrorCode == CodeSessionRevoked {
-		reason = appErr.ErrorMessage
+	if reason == "" && remoteClose {
+		switch appErr.ErrorCode {
+		case CodeSessionRevoked, CodeGoingAway, CodeAuthFailed:
+			reason = appErr.ErrorMessage
+		}
 	}
 	if reason != "" {
 		return &CutError{App: app, Reason: reason, Err: err}

@@ -372,8 +372,13 @@ func (s *H2Stream) CloseRead() {
 // it (INTERNAL_ERROR) and unblocks a blocked Write or Read.
 func (s *H2Stream) Reset(quic.StreamErrorCode) {
 	s.stateMu.Lock()
-	if s.finished || s.aborting {
+	if s.finished {
 		s.stateMu.Unlock()
+		return
+	}
+	if s.aborting { // another Reset is under way: return when it is done
+		s.stateMu.Unlock()
+		<-s.done
 		return
 	}
 	s.aborting = true
