@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -224,24 +223,7 @@ func TestTunnelDeviceGrant(t *testing.T) {
 	}
 
 	// The token is a tunnel bearer.
-	_, cert := enrollDevice(t, env, "u-alice")
-	conn, err := tunnelClient(t, env, tok.Token, &cert).Connect(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if w := conn.Welcome(); w.User != "u-alice" || w.Email != "alice@example.com" {
-		t.Errorf("welcome %+v", w)
-	}
-	c, err := conn.Dial(ctx, "echo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	if greeting, err := bufio.NewReader(c).ReadString('\n'); err != nil || !strings.Contains(greeting, "alice@example.com") {
-		t.Fatalf("greeting %q, %v", greeting, err)
-	}
+	expectAliceTunnel(t, ctx, env, tok.Token)
 	// Nothing secret in the logs.
 	if logs := processLog(t, env).String(); strings.Contains(logs, tok.Token) {
 		t.Error("the process log holds the CLI's token")

@@ -158,13 +158,21 @@ func TestTunnelLogin(t *testing.T) {
 	}
 
 	// It authenticates a real tunnel from alice's enrolled device.
+	expectAliceTunnel(t, ctx, env, sess.Token)
+}
+
+// expectAliceTunnel checks that token, a CLI's bearer, opens a tunnel as
+// alice from her enrolled device and reaches echo, which greets her and
+// echoes a line.
+func expectAliceTunnel(t *testing.T, ctx context.Context, env *devenv.Env, token string) {
+	t.Helper()
 	_, cert := enrollDevice(t, env, "u-alice")
-	conn, err := tunnelClient(t, env, sess.Token, &cert).Connect(ctx)
+	conn, err := tunnelClient(t, env, token, &cert).Connect(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	if w := conn.Welcome(); w.User != "u-alice" {
+	if w := conn.Welcome(); w.User != "u-alice" || w.Email != "alice@example.com" {
 		t.Errorf("welcome %+v", w)
 	}
 	c, err := conn.Dial(ctx, "echo")

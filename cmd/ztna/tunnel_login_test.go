@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -21,7 +20,6 @@ import (
 	"time"
 
 	"github.com/ztna-dev/ztna/authn"
-	"github.com/ztna-dev/ztna/internal/devenv"
 	"github.com/ztna-dev/ztna/proxy/tunnel"
 )
 
@@ -339,29 +337,9 @@ func TestTunnelLoginUsage(t *testing.T) {
 func TestTunnelLogoutRevokesAtTheEdge(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	env, err := devenv.Start(ctx, devenv.Options{
-		DataDir: t.TempDir(), Listen: "127.0.0.1:0", AdminListen: "off", IdPListen: "127.0.0.1:0",
-		LocalDevice: true, Logger: slog.New(slog.DiscardHandler), GraceTimeout: 2 * time.Second,
-	})
+	env, stateDir := devWithAliceSignedIn(t, ctx)
+	stored, err := authn.LoadCLISession(stateDir, time.Now())
 	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		cctx, ccancel := context.WithTimeout(context.Background(), 15*time.Second)
-		defer ccancel()
-		if err := env.Close(cctx); err != nil {
-			t.Errorf("close: %v", err)
-		}
-	}()
-	alice := env.Users[0]
-	sess, err := env.Edge.Sessions().Create(ctx, authn.Identity{Subject: alice.Subject, Email: alice.Email,
-		Groups: alice.Groups, Attributes: alice.Attributes}, authn.Tokens{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	stored := &tunnelSession{Edge: env.AuthOrigin, Token: sess.ID, User: alice.Subject, Email: alice.Email, ExpiresAt: sess.ExpiresAt}
-	stateDir := t.TempDir()
-	if err := authn.SaveCLISession(stateDir, stored); err != nil {
 		t.Fatal(err)
 	}
 	connect := func(dir string) (*tunnel.Conn, error) {
@@ -377,7 +355,7 @@ func TestTunnelLogoutRevokesAtTheEdge(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	if w := conn.Welcome(); w.User != alice.Subject {
+	if w := conn.Welcome(); w.User != stored.User {
 		t.Fatalf("welcome %+v", w)
 	}
 
@@ -396,7 +374,7 @@ func TestTunnelLogoutRevokesAtTheEdge(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the live tunnel survived the logout")
 	}
-	if _, err := env.Edge.Sessions().Get(ctx, sess.ID); !errors.Is(err, authn.ErrNoSession) {
+	if _, err := env.Edge.Sessions().Get(ctx, stored.Token); !errors.Is(err, authn.ErrNoSession) {
 		t.Errorf("the session after logout: %v", err)
 	}
 	// The same bearer, stored again, is refused by the edge.

@@ -15,14 +15,13 @@ import (
 	"github.com/ztna-dev/ztna/internal/devenv"
 )
 
-// TestTunnelForwardAndStatus runs `ztna tunnel status` and `ztna tunnel
-// forward echo` against the dev system, with this machine enrolled as
-// alice's device (as `ztna dev` does) and a stored session (the login
-// itself is tested in integration/tunnel_login_test.go): the forwarded
-// local port reaches the echo app, which greets alice.
-func TestTunnelForwardAndStatus(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+// devWithAliceSignedIn starts the dev system with this machine enrolled as
+// alice's device (as `ztna dev` does) and stores a session of hers in a
+// new state directory, as `ztna tunnel login` would (the login itself is
+// tested in integration/tunnel_login_test.go). The system stops when the
+// test ends.
+func devWithAliceSignedIn(t *testing.T, ctx context.Context) (*devenv.Env, string) {
+	t.Helper()
 	env, err := devenv.Start(ctx, devenv.Options{
 		DataDir: t.TempDir(), Listen: "127.0.0.1:0", AdminListen: "off", IdPListen: "127.0.0.1:0",
 		LocalDevice: true, Logger: slog.New(slog.DiscardHandler), GraceTimeout: 2 * time.Second,
@@ -30,13 +29,13 @@ func TestTunnelForwardAndStatus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
+	t.Cleanup(func() {
 		cctx, ccancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer ccancel()
 		if err := env.Close(cctx); err != nil {
 			t.Errorf("close: %v", err)
 		}
-	}()
+	})
 	alice := env.Users[0]
 	sess, err := env.Edge.Sessions().Create(ctx, authn.Identity{Subject: alice.Subject, Email: alice.Email,
 		Groups: alice.Groups, Attributes: alice.Attributes}, authn.Tokens{})
@@ -48,6 +47,18 @@ func TestTunnelForwardAndStatus(t *testing.T) {
 		Email: alice.Email, ExpiresAt: sess.ExpiresAt}); err != nil {
 		t.Fatal(err)
 	}
+	return env, stateDir
+}
+
+// TestTunnelForwardAndStatus runs `ztna tunnel status` and `ztna tunnel
+// forward echo` against the dev system, with this machine enrolled as
+// alice's device (as `ztna dev` does) and a stored session (the login
+// itself is tested in integration/tunnel_login_test.go): the forwarded
+// local port reaches the echo app, which greets alice.
+func TestTunnelForwardAndStatus(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	env, stateDir := devWithAliceSignedIn(t, ctx)
 	common := []string{"--state-dir", stateDir, "--agent-dir", env.AgentDir, "--ca-file", env.CAFile}
 
 	var out, errOut strings.Builder

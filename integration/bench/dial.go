@@ -48,34 +48,20 @@ func (r dialResult) cpuPerConn() float64 { return r.CPUSeconds * 1e6 / float64(r
 // closes first, so TIME_WAIT stays on its side and the dialers never run
 // out of ephemeral ports.
 type echoServer struct {
-	ln       net.Listener
+	*appServer
 	app      string // the audience it expects, for PROXY v2
 	accepts  atomic.Int64
 	verified atomic.Int64
-	wg       sync.WaitGroup
 }
 
-func (s *echoServer) serve() {
-	defer s.wg.Done()
-	for {
-		c, err := s.ln.Accept()
-		if errors.Is(err, net.ErrClosed) {
-			return
-		}
-		if err != nil {
-			// Out of descriptors and the like: back off a little.
-			time.Sleep(5 * time.Millisecond)
-			continue
-		}
-		s.accepts.Add(1)
-		s.wg.Add(1)
-		go s.handle(c)
-	}
+func newEchoServer(ln net.Listener, app string) *echoServer {
+	s := &echoServer{app: app}
+	s.appServer = serveApp(ln, s.handle)
+	return s
 }
 
 func (s *echoServer) handle(c net.Conn) {
-	defer s.wg.Done()
-	defer c.Close()
+	s.accepts.Add(1)
 	_ = c.SetDeadline(time.Now().Add(dialRoundTripTimeout))
 	if pc, ok := c.(*identity.Conn); ok {
 		claims, err := pc.Identity()
@@ -122,24 +108,18 @@ func startDialBench(v *identity.Verifier, logger *slog.Logger) (*dialBench, erro
 		return nil, err
 	}
 	d := &dialBench{
-		plain:  &echoServer{ln: plainLn},
-		pp:     &echoServer{ln: ppLn, app: tcpApp},
+		plain:  newEchoServer(plainLn, ""),
+		pp:     newEchoServer(ppLn, tcpApp),
 		ppAddr: ppRaw.Addr().String(),
 		// The settings of the edge's own upstream dialer.
 		dialer: &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second},
-	}
-	for _, s := range []*echoServer{d.plain, d.pp} {
-		s.wg.Add(1)
-		go s.serve()
 	}
 	return d, nil
 }
 
 func (d *dialBench) close() {
-	for _, s := range []*echoServer{d.plain, d.pp} {
-		s.ln.Close()
-		s.wg.Wait()
-	}
+	d.plain.close()
+	d.pp.close()
 }
 
 // command runs "MODE WARMUP DURATION WORKERS".

@@ -746,77 +746,33 @@ func udpBufferNote(relay [2]int) (string, bool) {
 // side closes it (bounded), so the edge's memory is measured without the
 // app's.
 type idleServer struct {
-	ln       net.Listener
+	*appServer
 	accepted atomic.Int64
 	ready    atomic.Int64 // connections that completed the 1-byte round trip
-
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
 }
 
 // idleHold bounds how long the idle app keeps a connection.
 const idleHold = 5 * time.Minute
 
 func startIdleApp() (*idleServer, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	a := &idleServer{ln: ln, conns: map[net.Conn]struct{}{}}
-	a.wg.Add(1)
-	go a.serve()
-	return a, nil
+	a := &idleServer{}
+	var err error
+	a.appServer, err = listenApp(a.handle)
+	return a, err
 }
 
-func (a *idleServer) addr() string { return a.ln.Addr().String() }
-
-func (a *idleServer) serve() {
-	defer a.wg.Done()
-	for {
-		c, err := a.ln.Accept()
-		if errors.Is(err, net.ErrClosed) {
-			return
-		}
-		if err != nil {
-			time.Sleep(5 * time.Millisecond) // out of descriptors and the like
-			continue
-		}
-		a.accepted.Add(1)
-		a.mu.Lock()
-		a.conns[c] = struct{}{}
-		a.mu.Unlock()
-		a.wg.Add(1)
-		go func() {
-			defer a.wg.Done()
-			defer func() {
-				a.mu.Lock()
-				delete(a.conns, c)
-				a.mu.Unlock()
-				_ = c.Close()
-			}()
-			_ = c.SetDeadline(time.Now().Add(idleHold))
-			var b [1]byte
-			if _, err := io.ReadFull(c, b[:]); err != nil {
-				return
-			}
-			a.ready.Add(1)
-			if _, err := c.Write([]byte{'y'}); err != nil {
-				return
-			}
-			_, _ = io.Copy(io.Discard, io.LimitReader(c, 1<<20))
-		}()
+func (a *idleServer) handle(c net.Conn) {
+	a.accepted.Add(1)
+	_ = c.SetDeadline(time.Now().Add(idleHold))
+	var b [1]byte
+	if _, err := io.ReadFull(c, b[:]); err != nil {
+		return
 	}
-}
-
-func (a *idleServer) close() {
-	_ = a.ln.Close()
-	a.mu.Lock()
-	for c := range a.conns {
-		_ = c.Close()
+	a.ready.Add(1)
+	if _, err := c.Write([]byte{'y'}); err != nil {
+		return
 	}
-	a.mu.Unlock()
-	a.wg.Wait()
+	_, _ = io.Copy(io.Discard, io.LimitReader(c, 1<<20))
 }
 
 // reportTunnel prints the tunnel tables and returns the goals not met.

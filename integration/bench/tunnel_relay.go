@@ -83,56 +83,20 @@ var pattern = func() []byte {
 
 // sinkServer is the TCP app every data path ends at.
 type sinkServer struct {
-	ln    net.Listener
+	*appServer
 	conns atomic.Int64 // transfers served
 	in    atomic.Int64 // bytes read from clients (uploads)
 	out   atomic.Int64 // bytes written to clients (downloads)
-
-	wg   sync.WaitGroup
-	mu   sync.Mutex
-	open map[net.Conn]struct{}
 }
 
 func startSink() (*sinkServer, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	s := &sinkServer{ln: ln, open: map[net.Conn]struct{}{}}
-	s.wg.Add(1)
-	go s.serve()
-	return s, nil
-}
-
-func (s *sinkServer) addr() string { return s.ln.Addr().String() }
-
-func (s *sinkServer) serve() {
-	defer s.wg.Done()
-	for {
-		c, err := s.ln.Accept()
-		if errors.Is(err, net.ErrClosed) {
-			return
-		}
-		if err != nil {
-			time.Sleep(5 * time.Millisecond) // out of descriptors and the like
-			continue
-		}
-		s.mu.Lock()
-		s.open[c] = struct{}{}
-		s.mu.Unlock()
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.handle(c)
-			s.mu.Lock()
-			delete(s.open, c)
-			s.mu.Unlock()
-		}()
-	}
+	s := &sinkServer{}
+	var err error
+	s.appServer, err = listenApp(s.handle)
+	return s, err
 }
 
 func (s *sinkServer) handle(c net.Conn) {
-	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	var req [sinkReqLen]byte
 	if _, err := io.ReadFull(c, req[:]); err != nil {
@@ -180,16 +144,6 @@ func (s *sinkServer) handle(c net.Conn) {
 		}
 		_, _ = io.Copy(io.Discard, io.LimitReader(c, 1<<20))
 	}
-}
-
-func (s *sinkServer) close() {
-	_ = s.ln.Close()
-	s.mu.Lock()
-	for c := range s.open {
-		_ = c.Close()
-	}
-	s.mu.Unlock()
-	s.wg.Wait()
 }
 
 // bareRelay is the baseline the tunnel is compared with: a quic-go server

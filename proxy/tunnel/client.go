@@ -198,7 +198,7 @@ func (c *Client) Connect(ctx context.Context) (*Conn, error) {
 // TransportAuto it tries QUIC for QUICTimeout, then HTTP/2 (or HTTP/2 first
 // for a while after QUIC last failed, then QUIC).
 func (c *Client) dial(ctx context.Context, tlsConf *tls.Config, logger *slog.Logger) (transport, error) {
-	dialQUIC := func(ctx context.Context) (transport, error) {
+	viaQUIC := func(ctx context.Context) (transport, error) {
 		conf := tlsConf.Clone()
 		conf.NextProtos = []string{ALPN}
 		qt, err := dialQUIC(ctx, c.Addr, conf, c.quicConfig())
@@ -211,7 +211,7 @@ func (c *Client) dial(ctx context.Context, tlsConf *tls.Config, logger *slog.Log
 	if httpsAddr == "" {
 		httpsAddr = c.Addr
 	}
-	dialHTTP2 := func(ctx context.Context) (transport, error) {
+	viaHTTP2 := func(ctx context.Context) (transport, error) {
 		t, err := dialH2(ctx, httpsAddr, tlsConf)
 		if err != nil {
 			return nil, fmt.Errorf("tunnel: dial %s over HTTP/2: %w", httpsAddr, err)
@@ -220,9 +220,9 @@ func (c *Client) dial(ctx context.Context, tlsConf *tls.Config, logger *slog.Log
 	}
 	switch c.Transport {
 	case TransportQUIC:
-		return dialQUIC(ctx)
+		return viaQUIC(ctx)
 	case TransportH2:
-		return dialHTTP2(ctx)
+		return viaHTTP2(ctx)
 	case TransportAuto:
 	default:
 		return nil, fmt.Errorf("tunnel: unknown transport %q (want quic or h2)", c.Transport)
@@ -231,7 +231,7 @@ func (c *Client) dial(ctx context.Context, tlsConf *tls.Config, logger *slog.Log
 	h2First := time.Now().Before(c.h2Until)
 	c.mu.Unlock()
 	if h2First {
-		if t, err := dialHTTP2(ctx); err == nil || ctx.Err() != nil {
+		if t, err := viaHTTP2(ctx); err == nil || ctx.Err() != nil {
 			return t, err
 		}
 	}
@@ -240,7 +240,7 @@ func (c *Client) dial(ctx context.Context, tlsConf *tls.Config, logger *slog.Log
 		timeout = defaultQUICTimeout
 	}
 	qctx, cancel := context.WithTimeout(ctx, timeout)
-	t, qerr := dialQUIC(qctx)
+	t, qerr := viaQUIC(qctx)
 	cancel()
 	if qerr == nil || ctx.Err() != nil {
 		if qerr == nil {
@@ -254,7 +254,7 @@ func (c *Client) dial(ctx context.Context, tlsConf *tls.Config, logger *slog.Log
 		return nil, qerr
 	}
 	logger.Info("tunnel: QUIC did not connect; trying HTTP/2 over TLS", "err", qerr)
-	t, herr := dialHTTP2(ctx)
+	t, herr := viaHTTP2(ctx)
 	if herr != nil {
 		return nil, fmt.Errorf("%w (and %w)", herr, qerr)
 	}
@@ -262,7 +262,7 @@ func (c *Client) dial(ctx context.Context, tlsConf *tls.Config, logger *slog.Log
 	// restarted, and HTTP/2 found it up): one more short try before
 	// settling for HTTP/2 and preferring it for a while.
 	rctx, rcancel := context.WithTimeout(ctx, min(timeout, time.Second))
-	qt, err := dialQUIC(rctx)
+	qt, err := viaQUIC(rctx)
 	rcancel()
 	if err == nil {
 		t.close(CodeNoError, "")
