@@ -257,6 +257,30 @@ func (m *Sessions) Get(ctx context.Context, id string) (*Session, error) {
 	return s, nil
 }
 
+// InUse records that the session with key holds live exchanges (a
+// WebSocket, a streamed response, a tunnel) now: they use it without
+// calling Get, so its idle clock restarts here. Past its absolute timeout
+// the session ends instead and the revoke hooks close those exchanges: a
+// live connection does not outlive its session. The edge calls it from its
+// sweep; a session not in this replica's cache is left alone.
+func (m *Sessions) InUse(key string) {
+	m.mu.RLock()
+	c := m.cache[key]
+	m.mu.RUnlock()
+	if c == nil {
+		return
+	}
+	now := m.now()
+	if now.After(c.s.ExpiresAt) {
+		m.expire(key)
+		return
+	}
+	c.lastSeen.Store(now.UnixNano())
+	if now.Sub(time.Unix(0, c.stored.Load())) > touchEvery {
+		m.touch(c, now)
+	}
+}
+
 // Update replaces the stored record of s (after a token refresh or an
 // attribute change) and the cached copy.
 func (m *Sessions) Update(ctx context.Context, s *Session) error {

@@ -260,6 +260,43 @@ func TestSessionIdleTimeout(t *testing.T) {
 	}
 }
 
+// TestSessionInUse: a session holding live exchanges stays alive past its
+// idle timeout without a Get, but not past its absolute timeout: then it
+// ends and the revoke hooks run (which close the exchanges).
+func TestSessionInUse(t *testing.T) {
+	ctx := t.Context()
+	m, clock := newTestSessions(t, newMemoryStore(t), SessionsConfig{IdleTimeout: time.Hour, AbsoluteTimeout: 3 * time.Hour})
+	var rev revocations
+	m.OnRevoke(rev.record)
+	s, err := m.Create(ctx, testIdentity, testTokens)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Get(ctx, s.ID); err != nil { // cached, as at a tunnel's hello
+		t.Fatal(err)
+	}
+	for range 5 {
+		clock.Advance(30 * time.Minute)
+		m.InUse(s.Key)
+	}
+	if _, err := m.Get(ctx, s.ID); err != nil {
+		t.Fatalf("Get after 2h30 in use with an idle timeout of 1h: %v", err)
+	}
+	if len(rev.list()) != 0 {
+		t.Fatalf("revoked while in use: %v", rev.list())
+	}
+	clock.Advance(31 * time.Minute)
+	m.InUse(s.Key)
+	if !rev.has(s.Key) {
+		t.Fatal("a session in use past its absolute timeout was not ended")
+	}
+	m.Wait()
+	if _, err := m.Get(ctx, s.ID); !errors.Is(err, ErrNoSession) {
+		t.Errorf("Get after the absolute timeout: %v", err)
+	}
+	m.InUse("no-such-key") // not cached: nothing happens
+}
+
 func TestSessionAbsoluteTimeout(t *testing.T) {
 	ctx := t.Context()
 	st := newMemoryStore(t)

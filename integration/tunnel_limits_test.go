@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ztna-dev/ztna/internal/devenv"
+	"github.com/ztna-dev/ztna/proxy"
 	"github.com/ztna-dev/ztna/proxy/tunnel"
 )
 
@@ -272,4 +274,47 @@ func TestTunnelCarriesHTTPApp(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestTunnelStreamEndsWithItsSession: live streams keep their session's
+// idle clock going, but not past its absolute timeout: then the session
+// ends and the stream is cut within the sweep, saying why.
+func TestTunnelStreamEndsWithItsSession(t *testing.T) {
+	const lifetime = 3 * time.Second
+	env := newEnvWith(t, func(o *devenv.Options) {
+		o.Configure = func(c *proxy.Config) {
+			c.OIDC.Sessions.AbsoluteTimeout = lifetime
+			c.OIDC.Sessions.IdleTimeout = time.Second // the live stream keeps it alive
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	loggedIn := time.Now()
+	alice := loginAs(t, env, "whoami", "alice", alicePassword)
+	_, cert := enrollDevice(t, env, "u-alice")
+	conn, err := tunnelClient(t, env, sessionCookie(t, env, alice, "whoami"), &cert).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	s, err := conn.Dial(ctx, "echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	_ = s.SetDeadline(time.Now().Add(20 * time.Second))
+	br := bufio.NewReader(s)
+	if _, err := br.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	_, err = br.ReadString('\n') // nothing moves: only the session's end can end this
+	ended := time.Since(loggedIn)
+	var ce *tunnel.CutError
+	if !errors.As(err, &ce) || !strings.Contains(ce.Reason, "session ended") {
+		t.Fatalf("the stream ended with %v, want a cut because the session ended", err)
+	}
+	if ended < 2*time.Second || ended > lifetime+2*time.Second {
+		t.Errorf("the stream ended %v after the login, want about %v (the absolute timeout)", ended, lifetime)
+	}
+	t.Logf("stream cut %v after the login (absolute timeout %v): %v", ended.Round(time.Millisecond), lifetime, err)
 }

@@ -135,7 +135,8 @@ func (e *Edge) recheck(st *State, le *liveEntry, now time.Time) *cut {
 // whose device stops reporting is closed within that of its report passing
 // max_age, one whose rule's time window ends is closed when it ends, and
 // one whose session's attributes change at the IdP is re-decided after the
-// refresh the sweep starts.
+// refresh the sweep starts, and one whose session reaches its absolute
+// timeout is closed (live exchanges keep their session's idle clock going).
 func (e *Edge) postureWatcher(ctx context.Context) {
 	defer e.janitorW.Done()
 	t := time.NewTicker(postureSweep)
@@ -151,6 +152,7 @@ func (e *Edge) postureWatcher(ctx context.Context) {
 			// would start its token refresh: start it here, so that its
 			// attributes still follow the IdP (the refresh re-decides).
 			for _, key := range e.live.sessions() {
+				e.sessions.InUse(key) // past its absolute timeout it ends, and so do they
 				st.auth.RefreshIfDue(key)
 			}
 		}

@@ -83,6 +83,10 @@ type Options struct {
 	MaxConnectionDuration time.Duration
 	// Registry for metrics; nil → a fresh registry.
 	Registry *prometheus.Registry
+	// Configure, if set, adjusts the demo config before the edge is built
+	// from it (tests: settings read only at start, such as session
+	// lifetimes).
+	Configure func(*proxy.Config)
 	// LocalDevice enrolls this machine for the first demo user (alice) and
 	// runs the agent in-process, reporting this machine's real posture
 	// (`ztna dev` sets it). Its state is kept in DataDir/agent.
@@ -274,6 +278,9 @@ func Start(ctx context.Context, o Options) (env *Env, err error) {
 	env.closers = append(env.closers, closeEcho)
 	env.EchoAddr = echoAddr
 	cfg := demoConfig(o, authHost, port, issuer, apps, echoAddr, certFile, keyFile)
+	if o.Configure != nil {
+		o.Configure(cfg)
+	}
 	if cfg.Signals.TokenFile, env.SignalsToken, err = ensureToken(o.DataDir, "signals-token"); err != nil {
 		return nil, err
 	}
