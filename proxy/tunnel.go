@@ -472,10 +472,11 @@ func (e *Edge) serveTunnelStream(ctx context.Context, tc *tunnelConn, s tunnel.S
 		n, err := relay(s, up, &active)
 		downBytes.Store(n)
 		switch {
+		case sctx.Err() != nil:
+			// Cut: the main loop reports it and resets the stream (the
+			// app may have answered the cut with its FIN: not a clean end).
 		case err == nil:
 			_ = s.CloseWrite()
-		case sctx.Err() != nil:
-			// Cut: the main loop reports it and resets the stream.
 		default:
 			if tc.h2 { // an HTTP/2 reset carries no code
 				tc.send(tunnel.Frame{Type: tunnel.FrameClosed, Stream: s.ID(), Reason: "the app reset the connection"})

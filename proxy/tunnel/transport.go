@@ -49,8 +49,10 @@ func (s quicStream) CloseWrite() error { return s.Stream.Close() }
 func (s quicStream) ID() int64         { return int64(s.Stream.StreamID()) }
 func (s quicStream) CloseRead()        { s.Stream.CancelRead(StreamNoError) }
 func (s quicStream) Reset(code quic.StreamErrorCode) {
-	s.Stream.CancelRead(code)
+	// Writing side first: cancelling the read side can end the relay that
+	// feeds the app, and the app's answering FIN must not get out first.
 	s.Stream.CancelWrite(code)
+	s.Stream.CancelRead(code)
 }
 
 // ResetError is how a Stream reports that the peer reset it. Over QUIC the
