@@ -220,6 +220,20 @@ func TestTunnelAppsSayWhyUnavailable(t *testing.T) {
 	if !errors.As(err, &de) || de.Status != tunnel.StatusDenied || de.Message != apps[0].Unavailable {
 		t.Errorf("dial: %v, want denied with %q", err, apps[0].Unavailable)
 	}
+
+	// carol may not use echo at all: her device fails the profile too, but
+	// she learns nothing about echo, not even that it wants a profile.
+	carol := loginFlow(t, env, "whoami", "/", "carol", carolPassword)
+	_, carolCert := enrollDevice(t, env, "u-carol")
+	cconn, err := tunnelClient(t, env, sessionCookie(t, env, carol.Client, "whoami"), &carolCert).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cconn.Close()
+	_, err = cconn.Dial(ctx, "echo")
+	if !errors.As(err, &de) || de.Status != tunnel.StatusUnknownApp || strings.Contains(de.Message, "strict") {
+		t.Errorf("carol dials echo: %v, want unknown app", err)
+	}
 }
 
 // TestTunnelCarriesHTTPApp: an internal HTTP app declared as a TCP app is

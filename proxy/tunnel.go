@@ -30,7 +30,7 @@ const (
 	tunnelHelloWait  = 10 * time.Second // the control stream and its hello
 	tunnelHeaderWait = 5 * time.Second  // a data stream's header
 	tunnelDialWait   = 10 * time.Second // the app's TCP connection
-	tunnelByeWait    = time.Second      // for the client to hang up after "bye"
+	tunnelByeWait    = time.Second      // for the client to hang up after "bye" or an error frame
 )
 
 // TunnelConfig bounds the client tunnel endpoint. Streams per connection
@@ -241,7 +241,10 @@ func (e *Edge) serveTunnelLink(ctx context.Context, conn tunnelLink) {
 		streams.Go(func() { e.serveTunnelStream(cctx, tc, s) })
 	}
 	if cctx.Err() == nil {
-		return // the client closed the connection
+		// The client closed the connection (or its control stream): its
+		// streams end with it.
+		cancel(nil)
+		return
 	}
 	// The edge ends the connection. Every stream reports its cut first
 	// ("closed" frames, resets), then "bye" says why the connection ends;
@@ -296,7 +299,7 @@ func (e *Edge) tunnelHello(ctx context.Context, conn tunnelLink) (*tunnelConn, b
 		_ = ctrl.CloseWrite()
 		select {
 		case <-conn.done():
-		case <-time.After(time.Second):
+		case <-time.After(tunnelByeWait):
 		}
 		conn.close(tunnel.CodeAuthFailed, code)
 		e.logger.Info("tunnel refused", "client", conn.remoteAddr().String(), "code", code)
@@ -387,32 +390,29 @@ func (e *Edge) serveTunnelStream(ctx context.Context, tc *tunnelConn, s tunnel.S
 		return
 	}
 	ev.User, ev.Email, ev.Session = sess.Identity.Subject, sess.Identity.Email, sess.Ref()
+	// Apps no rule could open to this user from this device are invisible:
+	// the same answer as for an app that does not exist, before anything
+	// (a posture refusal) could tell that it does.
 	a := st.apps[h.App]
-	if a == nil || a.TCP == "" {
+	req := groups.Request{Subject: subjectOf(&sess.Identity), Device: e.deviceAttrs(st, tc.device, start),
+		Method: "CONNECT", Path: "/", Time: start}
+	if a == nil || a.TCP == "" || !slices.Contains(st.policy.Apps(req.Subject, req.Device), a.Name) {
 		deny(tunnel.StatusUnknownApp, groups.Decision{Reason: "no app " + h.App + " is reachable through the tunnel"})
 		return
 	}
+	req.App = a.Name
 	if refused := e.posture(a, sess.Identity.Subject, sess.Identity.Email, tc.device, start); refused != nil {
 		ev.Posture, _ = refusalVerdict(refused)
 		deny(tunnel.StatusDenied, groups.Decision{Reason: refusalText(refused)})
 		return
 	}
 	ev.Posture = a.PostureProfile
-	req := groups.Request{App: a.Name, Subject: subjectOf(&sess.Identity), Device: e.deviceAttrs(st, tc.device, start),
-		Method: "CONNECT", Path: "/", Time: start}
 	if ap, err := netip.ParseAddrPort(tc.client.String()); err == nil {
 		req.Source = ap.Addr().Unmap()
 	}
 	d := st.policy.Decide(req)
 	if !d.Allow {
-		status := tunnel.StatusDenied
-		if d.Rule == "" && !slices.Contains(st.policy.Apps(req.Subject, req.Device), a.Name) {
-			// Apps no rule could open to this user are invisible: the
-			// same answer as for an app that does not exist.
-			status = tunnel.StatusUnknownApp
-			d.Reason = "no app " + h.App + " is reachable through the tunnel"
-		}
-		deny(status, d)
+		deny(tunnel.StatusDenied, d)
 		return
 	}
 
