@@ -9,11 +9,13 @@ package tunnel
 // authenticated their TLS connection, and the device certificate is the
 // connection's.
 //
-// Two differences from QUIC, both because of what net/http can express:
-// a stream reset carries no code (the edge sends the reason in a "closed"
-// frame, as it does over QUIC), and the app closing its side ends the
-// stream in both directions (a server handler cannot half-close), while
-// the client half-closing is forwarded to the app as over QUIC.
+// Differences from QUIC, all because of what net/http can express: a
+// stream reset carries no code (the edge sends the reason in a "closed"
+// frame, as it does over QUIC); the app closing its side ends the stream
+// in both directions (a server handler cannot half-close), while the
+// client half-closing is forwarded to the app as over QUIC; and a client
+// that stops reading (Close) resets the stream, so data it wrote just
+// before may be lost, as with a TCP socket closed with unread data.
 
 import (
 	"context"
@@ -203,9 +205,14 @@ func (s *h2ClientStream) Write(p []byte) (int, error) {
 
 func (s *h2ClientStream) CloseWrite() error { return s.pw.Close() }
 
-// CloseRead is a no-op: the response body is drained by Reset or the end
-// of the stream.
-func (s *h2ClientStream) CloseRead() {}
+// CloseRead stops reading: closing the response body before its end
+// resets the stream (what is still to come is not wanted).
+func (s *h2ClientStream) CloseRead() {
+	s.mu.Lock()
+	s.reset = true // a Read from now on is ours to have ended
+	s.mu.Unlock()
+	_ = s.body.Close()
+}
 
 func (s *h2ClientStream) Reset(quic.StreamErrorCode) {
 	s.mu.Lock()
