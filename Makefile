@@ -33,7 +33,8 @@ FUZZ_TARGETS := \
 	./posture:FuzzDeviceFromCert:30000 \
 	./internal/usercode:FuzzNormalize:80000 \
 	./posture:FuzzParseFalco:50000 \
-	./posture:FuzzParseSignal:50000
+	./posture:FuzzParseSignal:50000 \
+	./internal/bus:FuzzDecode:50000
 
 .PHONY: all build test deps vet unit fuzz bench lint
 

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ztna-dev/ztna/internal/bus"
 	"github.com/ztna-dev/ztna/internal/store"
 )
 
@@ -103,6 +104,16 @@ func ParseSessionID(s string) (key string, ok bool) {
 	return hashKey(s), true
 }
 
+// validKey reports whether key has the form of a session's store key (a
+// hex SHA-256): keys from other replicas are checked before use.
+func validKey(key string) bool {
+	if len(key) != 2*sha256.Size {
+		return false
+	}
+	_, err := hex.DecodeString(key)
+	return err == nil
+}
+
 func hashKey(secret string) string {
 	h := sha256.Sum256([]byte(secret))
 	return hex.EncodeToString(h[:])
@@ -162,6 +173,10 @@ type Sessions struct {
 	onRevoke   []func(key string)
 	onUpdate   []func(s *Session)
 
+	// announce tells the edge's other replicas (bus.Bus.Publish); nil: a
+	// single replica.
+	announce func(kind, key string)
+
 	wg      sync.WaitGroup // background touches
 	touchMu sync.Mutex     // serialises last-seen write-backs
 }
@@ -190,6 +205,70 @@ func (m *Sessions) OnUpdate(fn func(s *Session)) {
 	m.onRevokeMu.Lock()
 	m.onUpdate = append(m.onUpdate, fn)
 	m.onRevokeMu.Unlock()
+}
+
+// Announce sets how this keeper tells the edge's other replicas about a
+// session it revoked (bus.SessionRevoked) or updated (bus.SessionUpdated),
+// after the store has the change: a bus's Publish. Call it before use.
+func (m *Sessions) Announce(publish func(kind, key string)) { m.announce = publish }
+
+func (m *Sessions) tellReplicas(kind, key string) {
+	if m.announce != nil {
+		m.announce(kind, key)
+	}
+}
+
+// Forget applies another replica's revocation of the session with key:
+// the cached copy is dropped and, unless the store still holds the session
+// as live, the revoke hooks run (its live connections close here too). A
+// store that cannot be read counts as "revoked": the other replica said so.
+func (m *Sessions) Forget(ctx context.Context, key string) {
+	if !validKey(key) {
+		return
+	}
+	m.drop(key)
+	if _, err := m.load(ctx, key); err == nil {
+		return
+	} else if !errors.Is(err, store.ErrNotFound) {
+		m.logger.Warn("session revoked by another replica; the store could not confirm it, ending it here too", "ref", RefOf(key), "err", err)
+	}
+	m.notify(key)
+}
+
+// Reread applies another replica's update of the session with key (new
+// attributes from a token refresh): a cached copy is replaced from the
+// store and the update hooks run, so its live connections are decided
+// again with the new identity. A session not cached here is left alone.
+func (m *Sessions) Reread(ctx context.Context, key string) {
+	if !validKey(key) || m.cached(key) == nil {
+		return
+	}
+	s, err := m.load(ctx, key)
+	if err != nil {
+		m.Forget(ctx, key)
+		return
+	}
+	if c := m.cachedEntry(key); c != nil {
+		s.ID = c.s.ID
+	}
+	m.put(s, m.now())
+	m.runUpdateHooks(s)
+}
+
+// Resync reconciles after events from other replicas may have been
+// missed (the bus reconnected): every cached session is dropped, so the
+// next use re-reads the store, and each session of live (those holding
+// live connections) that the store no longer holds is ended here too.
+func (m *Sessions) Resync(ctx context.Context, live []string) {
+	m.mu.Lock()
+	clear(m.cache)
+	clear(m.byID)
+	m.mu.Unlock()
+	for _, key := range live {
+		if _, err := m.load(ctx, key); err != nil && errors.Is(err, store.ErrNotFound) {
+			m.notify(key)
+		}
+	}
 }
 
 // Create stores a new session for id and returns it with its secret ID.
@@ -299,13 +378,18 @@ func (m *Sessions) Update(ctx context.Context, s *Session) error {
 		m.drop(s.Key)
 		return fmt.Errorf("update session %s: %w", s.Ref(), err)
 	}
+	m.runUpdateHooks(s)
+	m.tellReplicas(bus.SessionUpdated, s.Key)
+	return nil
+}
+
+func (m *Sessions) runUpdateHooks(s *Session) {
 	m.onRevokeMu.RLock()
 	fns := m.onUpdate
 	m.onRevokeMu.RUnlock()
 	for _, fn := range fns {
 		fn(s)
 	}
-	return nil
 }
 
 // Revoke ends the session with the given key everywhere.
@@ -321,6 +405,7 @@ func (m *Sessions) Revoke(ctx context.Context, key string) error {
 	}
 	m.drop(key)
 	m.notify(key)
+	m.tellReplicas(bus.SessionRevoked, key)
 	return nil
 }
 
@@ -425,6 +510,13 @@ func (m *Sessions) put(s *Session, now time.Time) *cached {
 }
 
 // cached returns the session with store key key from memory, or nil.
+// cachedEntry returns the cache entry of key, or nil.
+func (m *Sessions) cachedEntry(key string) *cached {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.cache[key]
+}
+
 func (m *Sessions) cached(key string) *Session {
 	m.mu.RLock()
 	defer m.mu.RUnlock()

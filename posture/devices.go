@@ -23,6 +23,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/ztna-dev/ztna/internal/bus"
 	"github.com/ztna-dev/ztna/internal/store"
 )
 
@@ -126,6 +127,40 @@ type Devices struct {
 
 	onRevokeMu sync.RWMutex
 	onRevoke   []func(deviceID string)
+
+	announce func(kind, key string) // tells the other replicas; nil: one replica
+}
+
+// Announce sets how this registry tells the edge's other replicas about a
+// device it revoked (bus.DeviceRevoked), after the store has the
+// tombstone. Call it before use.
+func (d *Devices) Announce(publish func(kind, key string)) { d.announce = publish }
+
+// Forget applies another replica's revocation of device id: the cached
+// copy is dropped and, unless the store shows the device live, the revoke
+// hooks run (its live connections close here too). A store that cannot be
+// read counts as "revoked": the other replica said so.
+func (d *Devices) Forget(ctx context.Context, id string) {
+	if checkDeviceID(id) != nil {
+		return
+	}
+	d.mu.Lock()
+	d.epoch++
+	delete(d.cache, id)
+	d.mu.Unlock()
+	if dev, err := d.load(ctx, id); err == nil && !dev.Revoked {
+		return
+	}
+	d.notify(id)
+}
+
+// Resync drops every cached device (events from other replicas may have
+// been missed): the next check reads the store.
+func (d *Devices) Resync() {
+	d.mu.Lock()
+	d.epoch++
+	clear(d.cache)
+	d.mu.Unlock()
 }
 
 // NewDevices returns the registry over st, issuing certificates with ca.
@@ -258,6 +293,9 @@ func (d *Devices) Revoke(ctx context.Context, id, reason string) error {
 	delete(d.cache, id)
 	d.mu.Unlock()
 	d.notify(id)
+	if d.announce != nil {
+		d.announce(bus.DeviceRevoked, id)
+	}
 	return nil
 }
 

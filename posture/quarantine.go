@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ztna-dev/ztna/internal/bus"
 	"github.com/ztna-dev/ztna/internal/store"
 )
 
@@ -141,6 +142,19 @@ type Quarantine struct {
 
 	onChangeMu sync.RWMutex
 	onChange   []func(e QuarantineEntry, released bool)
+
+	announce func(kind, key string) // tells the other replicas; nil: one replica
+}
+
+// Announce sets how this registry tells the edge's other replicas that it
+// changed (bus.Quarantine), after the store has the change; they Load.
+// Call it before use.
+func (q *Quarantine) Announce(publish func(kind, key string)) { q.announce = publish }
+
+func (q *Quarantine) tellReplicas() {
+	if q.announce != nil {
+		q.announce(bus.Quarantine, "")
+	}
 }
 
 // NewQuarantine returns an empty registry over st; call Load to read the
@@ -319,6 +333,7 @@ func (q *Quarantine) Isolate(ctx context.Context, e QuarantineEntry) (isNew bool
 	if storeErr != nil {
 		return !havePrev, fmt.Errorf("posture: store quarantine of %s %s: %w", e.Kind, e.ID, storeErr)
 	}
+	q.tellReplicas()
 	return !havePrev, nil
 }
 
@@ -391,6 +406,7 @@ func (q *Quarantine) Release(ctx context.Context, kind, id, by string) (Quaranti
 	}
 	q.logger.Info("quarantine released", "entry", e, "by", cleanReason(by), "since", e.At)
 	q.notify(e, true)
+	q.tellReplicas()
 	return e, true, nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ztna-dev/ztna/internal/bus"
 	"github.com/ztna-dev/ztna/internal/store"
 )
 
@@ -61,6 +62,48 @@ type Reports struct {
 
 	onUpdateMu sync.RWMutex
 	onUpdate   []func(deviceID string, ev *Evidence)
+
+	announce func(kind, key string) // tells the other replicas; nil: one replica
+}
+
+// Announce sets how this book tells the edge's other replicas about a
+// report it accepted (bus.Report), after the store has it; they Refresh.
+// Call it before use.
+func (b *Reports) Announce(publish func(kind, key string)) { b.announce = publish }
+
+// Refresh applies another replica's acceptance of a report from device
+// id: the stored latest report replaces this book's if its counter is
+// higher, and the update hooks run. (The other replica verified it; the
+// store is trusted as it is at Load.)
+func (b *Reports) Refresh(ctx context.Context, id string) error {
+	if checkDeviceID(id) != nil {
+		return nil
+	}
+	v, err := b.st.Get(ctx, bucketReportLatest, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("posture: refresh report of %s: %w", id, err)
+	}
+	ev, err := decodeLatest(v)
+	if err != nil || ev.Report.DeviceID != id {
+		b.logger.Warn("stored posture report unreadable or of another device; ignored", "device", id, "err", err)
+		return nil
+	}
+	b.submitMu.Lock()
+	defer b.submitMu.Unlock()
+	if ev.Report.Counter <= b.counter(id) {
+		return nil
+	}
+	nv := b.swap(id, func(old *Evidence) *Evidence {
+		if old != nil {
+			ev.CheckIns = old.CheckIns
+		}
+		return ev
+	})
+	b.notify(id, nv)
+	return nil
 }
 
 // ReportsConfig configures a Reports. Zero values select the defaults.
@@ -218,6 +261,9 @@ func (b *Reports) Submit(ctx context.Context, dev *Device, wire []byte, now time
 		return nv
 	})
 	b.notify(dev.ID, ev)
+	if b.announce != nil {
+		b.announce(bus.Report, dev.ID)
+	}
 	return ev, nil
 }
 

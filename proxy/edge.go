@@ -17,6 +17,7 @@ import (
 
 	"github.com/ztna-dev/ztna/authn"
 	"github.com/ztna-dev/ztna/internal/audit"
+	"github.com/ztna-dev/ztna/internal/bus"
 	"github.com/ztna-dev/ztna/internal/store"
 	"github.com/ztna-dev/ztna/posture"
 	"github.com/ztna-dev/ztna/proxy/edge"
@@ -38,6 +39,10 @@ type Options struct {
 	// VerifyClientCertIfGiven, ClientCAs DeviceCA.Pool()). nil → no device
 	// step: requests carry no device.
 	DeviceCA *posture.DeviceCA
+	// Bus tells the other replicas about trust changes made here (see
+	// replicas.go); deliver theirs to ReplicaEvents. nil → a single
+	// replica.
+	Bus bus.Bus
 }
 
 // Edge is the request pipeline with its current State. It is an
@@ -93,6 +98,11 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Edge, error) {
 	if err := e.startPosture(ctx, cfg); err != nil {
 		return nil, err
 	}
+	if opts.Bus == nil {
+		opts.Bus = bus.Local{}
+		e.opts.Bus = opts.Bus
+	}
+	e.announce(opts.Bus)
 	e.sessions.OnRevoke(func(key string) {
 		e.assertions.dropSession(key)
 		e.pools.dropSession(authn.RefOf(key))
@@ -192,6 +202,7 @@ func (e *Edge) apply(ctx context.Context, cfg *Config) (err error) {
 	if old == nil || old.policy.Version() != st.policy.Version() {
 		e.metrics.policyInfo.Reset()
 		e.metrics.policyInfo.WithLabelValues(st.policy.Version()).Set(1)
+		e.opts.Bus.Publish(bus.Policy, st.policy.Version())
 	}
 	if old != nil {
 		e.live.reevaluate(st.policy, "policy changed")

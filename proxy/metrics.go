@@ -49,6 +49,8 @@ type metrics struct {
 	releases        *prometheus.CounterVec
 	quarantined     prometheus.Gauge
 	isolation       prometheus.Histogram
+	replicaEvents   *prometheus.CounterVec
+	replicaResyncs  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -98,9 +100,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Name: "ztna_posture_isolation_seconds", Help: "Time from a signal's arrival to its device's live connections being closed (MTTR of isolation).",
 		Buckets: []float64{1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1, 5},
 	})
+	m.replicaEvents = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ztna_replica_events_received_total", Help: "Trust events applied from other replicas, by kind.",
+	}, []string{"kind"})
+	m.replicaResyncs = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ztna_replica_resyncs_total", Help: "Reconciliations from the store after the bus (re)connected.",
+	})
 	if reg != nil {
 		reg.MustRegister(m.requests, m.decisionTime, m.reloads, m.configVersion, m.policyInfo, m.policyReloadErrors, m.policyCompile,
-			m.postureFailures, m.reports, m.signals, m.quarantines, m.releases, m.quarantined, m.isolation)
+			m.postureFailures, m.reports, m.signals, m.quarantines, m.releases, m.quarantined, m.isolation,
+			m.replicaEvents, m.replicaResyncs)
 	}
 	return m
 }
