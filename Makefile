@@ -67,6 +67,8 @@ bench: deps
 	$(GO) test -run='^$$' -bench='BenchmarkExprEval' -benchmem ./groups
 	$(GO) test -run='^$$' -bench=. -benchmem ./proxy/identity ./posture
 	$(GO) test -run='^$$' -bench=PostureStep -benchmem ./proxy
+	$(GO) test -run='^$$' -bench='BenchmarkSessionLookup' -benchmem ./authn
+	$(GO) test -run='^$$' -bench='BenchmarkRevocationFanout' -benchtime 1x ./integration
 	$(GO) run ./integration/bench
 
 lint: vet

@@ -16,6 +16,7 @@ import (
 	"github.com/ztna-dev/ztna/authn"
 	"github.com/ztna-dev/ztna/groups"
 	"github.com/ztna-dev/ztna/internal/config"
+	redisstore "github.com/ztna-dev/ztna/internal/store/redis"
 	"github.com/ztna-dev/ztna/posture"
 	"github.com/ztna-dev/ztna/proxy/edge"
 )
@@ -65,6 +66,9 @@ type Config struct {
 	Admin AdminConfig `yaml:"admin"`
 	// Tunnel bounds the client tunnel endpoint.
 	Tunnel TunnelConfig `yaml:"tunnel"`
+	// Store says where shared state lives: bolt for one replica, Redis for
+	// several. Read at start.
+	Store StoreConfig `yaml:"store"`
 
 	// sourceHash is the SHA-256 of the file the config was loaded from
 	// and of the policy dir's files (nil for configs built in code): the
@@ -77,6 +81,22 @@ type Config struct {
 	policy     *groups.Policy
 	policyHash []byte
 }
+
+// StoreConfig selects the shared state's backend.
+type StoreConfig struct {
+	// Backend is "bolt" (the default: DATA_DIR/ztna.db, a single replica)
+	// or "redis" (replicas share it, and tell each other about trust
+	// changes on its pub/sub: see README, "Running several replicas").
+	Backend string `yaml:"backend"`
+	// Redis is where the redis backend connects.
+	Redis redisstore.Config `yaml:"redis"`
+}
+
+// Store backends.
+const (
+	StoreBolt  = "bolt"
+	StoreRedis = "redis"
+)
 
 // PolicyConfig says where policy comes from besides this file.
 type PolicyConfig struct {
@@ -361,6 +381,21 @@ func (c *Config) check() *fieldError {
 	}
 	if c.Pool.MaxIdentities < 0 || c.Pool.MaxIdlePerIdentity < 0 || c.Pool.IdleTimeout < 0 {
 		return &fieldError{"pool", "limits must not be negative"}
+	}
+	switch c.Store.Backend {
+	case "", StoreBolt:
+	case StoreRedis:
+		if err := c.Store.Redis.Validate(); err != nil {
+			// One "FIELD: message" line per problem: the first names the field.
+			first, _, _ := strings.Cut(err.Error(), "\n")
+			field, msg, ok := strings.Cut(first, ": ")
+			if !ok {
+				field, msg = "", first
+			}
+			return &fieldError{strings.TrimSuffix("store.redis."+field, "."), msg}
+		}
+	default:
+		return &fieldError{"store.backend", fmt.Sprintf("%q: want bolt or redis", c.Store.Backend)}
 	}
 	if c.Tunnel.MaxStreamsPerUser < 0 {
 		return &fieldError{"tunnel.max_streams_per_user", "must not be negative"}

@@ -190,6 +190,9 @@ func (e *Edge) apply(ctx context.Context, cfg *Config) (err error) {
 		if !sameListen(old.Config.Listen, cfg.Listen) {
 			return errors.New("config rejected: listen settings cannot change on reload: restart the edge")
 		}
+		if !sameYAML(old.Config.Store, cfg.Store) {
+			return errors.New("config rejected: store settings cannot change on reload: restart the edge")
+		}
 	}
 	st, err := e.compile(ctx, cfg, e.version+1)
 	if err != nil {
@@ -254,7 +257,10 @@ func (e *Edge) Close() {
 
 // sameListen compares listener settings by what a config file would say,
 // so an empty list and a missing one are the same.
-func sameListen(a, b edge.Config) bool {
+func sameListen(a, b edge.Config) bool { return sameYAML(a, b) }
+
+// sameYAML compares two values by what a config file would say.
+func sameYAML(a, b any) bool {
 	ya, erra := yaml.Marshal(a)
 	yb, errb := yaml.Marshal(b)
 	return erra == nil && errb == nil && bytes.Equal(ya, yb)

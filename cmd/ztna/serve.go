@@ -15,7 +15,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/ztna-dev/ztna/internal/audit"
-	"github.com/ztna-dev/ztna/internal/store/bolt"
 	"github.com/ztna-dev/ztna/posture"
 	"github.com/ztna-dev/ztna/proxy"
 	"github.com/ztna-dev/ztna/proxy/edge"
@@ -52,11 +51,11 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := os.MkdirAll(dataDir(cfg), 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
-	st, err := bolt.Open(filepath.Join(dataDir(cfg), "ztna.db"), bolt.Options{Logger: logger})
+	st, replicas, startReplicas, closeStore, err := openStore(ctx, cfg, logger)
 	if err != nil {
 		return err
 	}
-	defer st.Close()
+	defer closeStore()
 	keyFile := cfg.Signing.KeyFile
 	if keyFile == "" {
 		keyFile = filepath.Join(dataDir(cfg), "signing-keys.json")
@@ -86,11 +85,13 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	px, err := proxy.New(ctx, cfg, proxy.Options{Store: st, Keys: keys, Audit: al, Logger: logger, Registry: reg, DeviceCA: ca})
+	px, err := proxy.New(ctx, cfg, proxy.Options{Store: st, Keys: keys, Audit: al, Logger: logger, Registry: reg, DeviceCA: ca,
+		Bus: replicas})
 	if err != nil {
 		return err
 	}
 	defer px.Close()
+	startReplicas(px.ReplicaEvents())
 	srv, err := edge.New(cfg.Listen, edge.Options{
 		Handler: px,
 		// Enrolled devices identify themselves with a client certificate;

@@ -37,8 +37,10 @@ import (
 	"github.com/ztna-dev/ztna/authn/devidp"
 	"github.com/ztna-dev/ztna/groups"
 	"github.com/ztna-dev/ztna/internal/audit"
+	"github.com/ztna-dev/ztna/internal/bus"
 	"github.com/ztna-dev/ztna/internal/store"
 	"github.com/ztna-dev/ztna/internal/store/bolt"
+	redisstore "github.com/ztna-dev/ztna/internal/store/redis"
 	"github.com/ztna-dev/ztna/posture"
 	"github.com/ztna-dev/ztna/posture/agent"
 	"github.com/ztna-dev/ztna/proxy"
@@ -83,6 +85,11 @@ type Options struct {
 	MaxConnectionDuration time.Duration
 	// Registry for metrics; nil → a fresh registry.
 	Registry *prometheus.Registry
+	// Redis, if set, keeps the shared state in Redis instead of bolt and
+	// joins the replicas' bus there, as `ztna serve` with store.backend
+	// redis does. Two envs with the same Redis and the same DataDir (so
+	// the same CAs and signing keys) are two replicas of one edge.
+	Redis *redisstore.Config
 	// Configure, if set, adjusts the demo config before the edge is built
 	// from it (tests: settings read only at start, such as session
 	// lifetimes).
@@ -289,12 +296,28 @@ func Start(ctx context.Context, o Options) (env *Env, err error) {
 	}
 	env.cfg = cfg
 
-	st, err := bolt.Open(filepath.Join(o.DataDir, "ztna.db"), bolt.Options{Logger: o.Logger})
-	if err != nil {
-		return nil, err
+	var st store.Store
+	var replicas bus.Bus = bus.Local{}
+	startReplicas := func(bus.Handler) {}
+	if o.Redis != nil {
+		cfg.Store = proxy.StoreConfig{Backend: proxy.StoreRedis, Redis: *o.Redis}
+		rs, err := redisstore.Open(ctx, *o.Redis, o.Logger)
+		if err != nil {
+			return nil, err
+		}
+		rb := bus.NewRedis(rs.Client(), rs.Prefix()+"events", o.Logger)
+		st, replicas = rs, rb
+		startReplicas = func(h bus.Handler) { rb.Start(context.Background(), h) }
+		env.closers = append(env.closers, func(context.Context) error { return errors.Join(rb.Close(), rs.Close()) })
+	} else {
+		bs, err := bolt.Open(filepath.Join(o.DataDir, "ztna.db"), bolt.Options{Logger: o.Logger})
+		if err != nil {
+			return nil, err
+		}
+		st = bs
+		env.closers = append(env.closers, func(context.Context) error { return bs.Close() })
 	}
 	env.st = st
-	env.closers = append(env.closers, func(context.Context) error { return st.Close() })
 	keys, err := identity.LoadOrCreateKeySet(filepath.Join(o.DataDir, "signing-keys.json"), 0, time.Now())
 	if err != nil {
 		return nil, err
@@ -303,7 +326,7 @@ func Start(ctx context.Context, o Options) (env *Env, err error) {
 	env.closers = append(env.closers, env.audit.Close)
 	px, err := proxy.New(ctx, cfg, proxy.Options{
 		Store: st, Keys: keys, Audit: env.audit, Logger: o.Logger, Registry: o.Registry,
-		IdPClient: &http.Client{Timeout: 10 * time.Second}, DeviceCA: deviceCA,
+		IdPClient: &http.Client{Timeout: 10 * time.Second}, DeviceCA: deviceCA, Bus: replicas,
 	})
 	if err != nil {
 		return nil, err
@@ -313,6 +336,7 @@ func Start(ctx context.Context, o Options) (env *Env, err error) {
 		return nil, err
 	}
 	late.e.Store(px)
+	startReplicas(px.ReplicaEvents())
 	if o.LocalDevice {
 		if err := env.startLocalAgent(ctx, o.Logger); err != nil {
 			return nil, fmt.Errorf("local device: %w", err)

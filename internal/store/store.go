@@ -1,10 +1,10 @@
 // Package store is ztna's shared state: a small key/value interface with
-// expiry and one-time reads that sessions, login state and (later) devices,
-// posture and revocations are kept in. Domain packages (authn, posture, groups)
-// own their record formats and encode them to bytes; the store never
-// interprets values. Implementations: bbolt (embedded, single node; package
-// store/bolt) and, later, Redis for replicas. Both must pass the conformance
-// suite in storetest.
+// expiry and one-time reads that sessions, login state, devices, posture and
+// revocations are kept in. Domain packages (authn, posture, groups) own
+// their record formats and encode them to bytes; the store never interprets
+// values. Implementations: bbolt (embedded, single node; package store/bolt)
+// and Redis for replicas (package store/redis). Both must pass the
+// conformance suite in storetest.
 //
 // A store must never log values: they hold session secrets and tokens.
 package store

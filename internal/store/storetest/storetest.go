@@ -1,5 +1,5 @@
 // Package storetest is the conformance suite every store.Store must pass
-// (bbolt, memory, and later Redis), so callers can rely on one set of
+// (bbolt, memory and Redis), so callers can rely on one set of
 // semantics whatever runs behind the interface.
 //
 // It uses real time with short TTLs and waits on conditions with deadlines;
