@@ -275,6 +275,17 @@ oidc:
 		{"cert_ttl too short", cfgHead + `devices:
   cert_ttl: 1m
 `, `ztna.yaml:6: devices.cert_ttl: must be at least 10m (agents renew when a third is left)`},
+		{"unknown store backend", cfgHead + `store:
+  backend: etcd
+`, `ztna.yaml:6: store.backend: "etcd": want bolt or redis`},
+		{"redis without addrs", cfgHead + `store:
+  backend: redis
+  redis:
+    db: 2
+`, `ztna.yaml:7: store.redis.addrs: at least one host:port is required`},
+		{"stream idle timeout too short", cfgHead + `tunnel:
+  stream_idle_timeout: 10ms
+`, `ztna.yaml:6: tunnel.stream_idle_timeout: must be at least 1s (0 means 30m)`},
 		{"two documents", cfgHead + "---\n" + cfgHead, "ztna.yaml:5: a second YAML document (---) is not allowed; keep everything in one document"},
 		{"empty file", "", "ztna.yaml: file has no YAML content"},
 		{"only comments", "# nothing yet\n", "ztna.yaml: file has no YAML content"},
