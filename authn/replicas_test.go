@@ -124,3 +124,47 @@ func TestSessionsAcrossReplicas(t *testing.T) {
 		t.Errorf("b lost a live session in the resync: %v", err)
 	}
 }
+
+// TestRefreshOnceAcrossReplicas: two replicas due to refresh the same
+// session at the same moment (the IdP rotates refresh tokens, so a second
+// refresh with a used token is refused): exactly one refreshes, the
+// session survives with the rotated token, and nobody ends it.
+func TestRefreshOnceAcrossReplicas(t *testing.T) {
+	e := newSvcEnv(t)
+	ctx := t.Context()
+	alice := e.signIn(t, "alice", "https://app.example/")
+	sessionsB := NewSessions(e.st, SessionsConfig{}, nil)
+	t.Cleanup(sessionsB.Wait)
+	svcB := NewService(e.rp, sessionsB, e.st, ServiceOptions{AuthOrigin: testAuthOrigin, IsAppHost: testIsAppHost, Pages: e.pages, Now: e.clock.Now})
+	t.Cleanup(svcB.Close)
+	var bRevoked revocations
+	sessionsB.OnRevoke(bRevoked.record)
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for i := range 4 {
+		svc := e.svc
+		if i%2 == 1 {
+			svc = svcB
+		}
+		cp := *alice.session
+		wg.Go(func() { errs <- svc.refreshSession(ctx, &cp) })
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("refresh: %v", err)
+		}
+	}
+	s, err := e.sessions.load(ctx, alice.session.Key)
+	if err != nil {
+		t.Fatalf("the session did not survive the concurrent refreshes: %v", err)
+	}
+	if s.RefreshToken == alice.session.RefreshToken {
+		t.Error("nobody refreshed")
+	}
+	if len(e.rev.list()) != 0 || len(bRevoked.list()) != 0 {
+		t.Errorf("sessions ended: %v %v", e.rev.list(), bRevoked.list())
+	}
+}

@@ -538,7 +538,39 @@ func (s *Service) refresh(sess *Session) {
 // refreshSession refreshes sess's tokens and identity at the IdP now and
 // stores the result. A refresh the IdP refuses ends the session
 // (ErrNoSession).
+//
+// Exactly one replica refreshes a session at a time (a lock in the shared
+// store): IdPs rotate refresh tokens, and a second refresh with the token
+// the first one used up would be refused and end the session. The replica
+// that loses the race leaves it to the winner, whose update reaches it on
+// the bus; one that finds the stored session already refreshed uses that.
 func (s *Service) refreshSession(ctx context.Context, sess *Session) error {
+	won, err := s.st.PutIfAbsent(ctx, bucketRefreshLock, sess.Key, []byte{1}, refreshCallTimeout+5*time.Second)
+	if err != nil {
+		return fmt.Errorf("refresh lock: %w", err)
+	}
+	if !won {
+		return nil
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		_ = s.st.Delete(dctx, bucketRefreshLock, sess.Key)
+	}()
+	cur, err := s.sessions.load(ctx, sess.Key)
+	if errors.Is(err, store.ErrNotFound) {
+		return ErrNoSession
+	}
+	if err != nil {
+		return err
+	}
+	if cur.RefreshToken != sess.RefreshToken {
+		// Another replica refreshed it since this one read it.
+		s.sessions.Reread(ctx, sess.Key)
+		return nil
+	}
+	cur.ID = sess.ID
+	sess = cur
 	id, toks, err := s.rp.Refresh(ctx, sess.RefreshToken, sess.Identity.Subject)
 	if err != nil {
 		if IsInvalidGrant(err) {

@@ -30,6 +30,9 @@ const (
 	bucketHandoff    = "handoff"
 	bucketLogoutJTI  = "logout_jti"
 	bucketRevoked    = "revoked_sessions"
+	// bucketRefreshLock holds one marker per session being refreshed, so
+	// replicas never refresh one at the same time.
+	bucketRefreshLock = "refresh_lock"
 )
 
 // sessionIDLen is the length of an encoded session ID: 32 random bytes,
