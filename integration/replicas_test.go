@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -14,7 +15,7 @@ import (
 	"github.com/ztna-dev/ztna/internal/devenv"
 	redisstore "github.com/ztna-dev/ztna/internal/store/redis"
 	"github.com/ztna-dev/ztna/internal/store/redistest"
-	"github.com/ztna-dev/ztna/posture"
+	"github.com/ztna-dev/ztna/proxy"
 	"github.com/ztna-dev/ztna/proxy/tunnel"
 )
 
@@ -44,9 +45,9 @@ func appGet(t *testing.T, env *devenv.Env, app, path, cookie string) *response {
 
 // TestReplicasShareSessionsAndRevocations: alice signs in through replica
 // A and her session works on replica B; revoking it on B closes her live
-// WebSocket on A within a second (Redis pub/sub, then A rereads the
-// store); a device quarantined on A is refused by B at once and its live
-// tunnel stream on B is cut.
+// WebSocket and streaming response on A within a second (Redis pub/sub,
+// then A rereads the store); a device quarantined by a signal to A is
+// refused by B at once and its live tunnel stream on B is cut.
 func TestReplicasShareSessionsAndRevocations(t *testing.T) {
 	a, b, _ := replicaPair(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
@@ -59,11 +60,29 @@ func TestReplicasShareSessionsAndRevocations(t *testing.T) {
 		t.Fatalf("alice's session on replica B: %d %.200s", r.StatusCode, r.Body)
 	}
 
-	// A live WebSocket on A, the session revoked on B.
+	// A live WebSocket and a live streaming response on A, the session
+	// revoked on B.
 	ws, _, err := wsDial(t, a, "whoami", "/ws", cookie)
 	if err != nil {
 		t.Fatal(err)
 	}
+	req := withCookie(t, http.MethodGet, a.AppURL("whoami")+"/stream", cookie, asFetch)
+	req.Header.Set("Accept", "text/event-stream")
+	stream, err := newClient(t, a).Do(req.WithContext(ctx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Body.Close()
+	lines := bufio.NewScanner(stream.Body)
+	if stream.StatusCode != http.StatusOK || !lines.Scan() || !strings.HasPrefix(lines.Text(), "data: tick") {
+		t.Fatalf("stream on A: %d %q", stream.StatusCode, lines.Text())
+	}
+	streamEnded := make(chan time.Time, 1)
+	go func() {
+		for lines.Scan() {
+		}
+		streamEnded <- time.Now()
+	}()
 	key, ok := authn.ParseSessionID(cookie)
 	if !ok {
 		t.Fatal("bad cookie")
@@ -83,6 +102,16 @@ func TestReplicasShareSessionsAndRevocations(t *testing.T) {
 		t.Errorf("the WebSocket on A closed %v after the revocation on B, want ≤ 1 s (%v)", took, err)
 	}
 	t.Logf("revoked on B → WebSocket on A closed after %v", took)
+	select {
+	case at := <-streamEnded:
+		if d := at.Sub(start); d > time.Second {
+			t.Errorf("the stream on A ended %v after the revocation on B, want ≤ 1 s", d)
+		} else {
+			t.Logf("revoked on B → stream on A ended after %v", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the streaming response on A outlived the revocation on B")
+	}
 	if r := appGet(t, a, "whoami", "/?format=json", cookie); r.StatusCode != http.StatusUnauthorized {
 		t.Errorf("the revoked session on A: %d, want 401", r.StatusCode)
 	}
@@ -107,10 +136,9 @@ func TestReplicasShareSessionsAndRevocations(t *testing.T) {
 		t.Fatal(err)
 	}
 	start = time.Now()
-	if _, err := a.Edge.Quarantine().Isolate(ctx, posture.QuarantineEntry{Kind: posture.QuarantineDevice, ID: devID,
-		Reason: "test: EDR alert on A", Source: "test", Severity: posture.SeverityCritical, At: start}); err != nil {
-		t.Fatal(err)
-	}
+	expectSignal(t, postSignal(t, a, proxy.PathSignals, "Bearer "+a.SignalsToken, map[string]string{
+		"source": "crowdstrike", "severity": "critical", "device_id": devID, "rule": "Ransomware.FileEncryption",
+		"reason": "test: EDR alert on A"}), "quarantined", devID)
 	_, err = s.Read(buf)
 	took = time.Since(start)
 	var ce *tunnel.CutError
