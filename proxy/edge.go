@@ -102,7 +102,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Edge, error) {
 		opts.Bus = bus.Local{}
 		e.opts.Bus = opts.Bus
 	}
-	e.announce(opts.Bus)
+	e.announce(opts.Bus, opts.Registry)
 	e.sessions.OnRevoke(func(key string) {
 		e.assertions.dropSession(key)
 		e.pools.dropSession(authn.RefOf(key))

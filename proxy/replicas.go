@@ -4,6 +4,8 @@ import (
 	"context"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ztna-dev/ztna/internal/bus"
 )
 
@@ -22,13 +24,25 @@ import (
 // change already received keeps applying. Live connections stay up; when
 // the bus is back, the resync closes those revoked meanwhile.
 
-// announce wires this edge's registries to tell the other replicas.
-func (e *Edge) announce(b bus.Bus) {
+// announce wires this edge's registries to tell the other replicas, and
+// exports whether the bus is connected.
+func (e *Edge) announce(b bus.Bus, reg prometheus.Registerer) {
 	e.sessions.Announce(b.Publish)
 	e.quarantine.Announce(b.Publish)
 	e.reports.Announce(b.Publish)
 	if e.devices != nil {
 		e.devices.Announce(b.Publish)
+	}
+	if reg != nil {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ztna_replica_bus_connected",
+			Help: "1 while this replica hears the other replicas' trust events (always 1 for a single replica).",
+		}, func() float64 {
+			if ok, _ := b.Connected(); ok {
+				return 1
+			}
+			return 0
+		}))
 	}
 }
 
