@@ -235,6 +235,17 @@ func TestReloadWatchFile(t *testing.T) {
 	writeFile(t, path, configYAML(t, cfg, nil))
 	waitFor(t, 5*time.Second, "the watcher to apply the fixed file", func() bool { return env.Edge.State().Version > v1 })
 	whoamiAs(t, bob, env, "whoami", "/")
+
+	// A renewed certificate (same config file, new bytes in the file it
+	// names, as a Secret update does) is picked up too.
+	v2 := env.Edge.State().Version
+	certFile := env.Edge.State().Config.TLS.CertFile
+	pem, err := os.ReadFile(certFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, certFile, append(pem, '\n'))
+	waitFor(t, 5*time.Second, "the watcher to reload for the renewed certificate", func() bool { return env.Edge.State().Version > v2 })
 }
 
 // Apply, the entry point for configs built in code, holds them to the same

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ztna-dev/ztna/authn"
 	"github.com/ztna-dev/ztna/internal/audit"
 	"github.com/ztna-dev/ztna/internal/httperr"
 	"github.com/ztna-dev/ztna/posture"
@@ -25,7 +26,7 @@ const (
 	PathSignalsFalco = "/api/signals/falco" // Falcosidekick webhook output
 	PathQuarantine   = "/api/quarantine"    // admin: list quarantines
 	pathDevicesAPI   = "/api/devices/"      // admin: /api/devices/ID/{quarantine,release,revoke}
-	pathUsersAPI     = "/api/users/"        // admin: /api/users/ID/release, /api/users/ID/refresh
+	pathUsersAPI     = "/api/users/"        // admin: /api/users/ID/{release,refresh,sign-out}
 	apiPrefix        = "/api/"
 )
 
@@ -274,6 +275,15 @@ func (e *Edge) serveAdmin(w http.ResponseWriter, r *http.Request, st *State) err
 		}
 		e.opts.Audit.Record(audit.Event{Time: time.Now(), Kind: "admin", Decision: action, Device: id, Reason: reason})
 		return writeJSON(w, http.StatusOK, map[string]any{action: id})
+	case kind == posture.QuarantineUser && action == "sign-out":
+		// Every session of the user ends, on every replica: their live
+		// connections close and every device must sign in again.
+		n, err := e.sessions.RevokeMatching(ctx, func(x *authn.Session) bool { return x.Identity.Subject == id })
+		if err != nil {
+			return err
+		}
+		e.opts.Audit.Record(audit.Event{Time: time.Now(), Kind: "admin", Decision: "sign-out", User: id, Reason: req.Reason})
+		return writeJSON(w, http.StatusOK, map[string]any{"user": id, "ended": n})
 	case kind == posture.QuarantineUser && action == "refresh":
 		// A role change at the IdP (or the directory behind it) takes
 		// effect now: every session of the user refreshes its tokens and

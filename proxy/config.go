@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"github.com/ztna-dev/ztna/authn"
 	"github.com/ztna-dev/ztna/groups"
 	"github.com/ztna-dev/ztna/internal/config"
+	"github.com/ztna-dev/ztna/internal/files"
 	redisstore "github.com/ztna-dev/ztna/internal/store/redis"
 	"github.com/ztna-dev/ztna/posture"
 	"github.com/ztna-dev/ztna/proxy/edge"
@@ -269,8 +271,29 @@ func LoadConfig(path string) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.sourceHash = sourcesHash(data, c.policyHash)
+	c.sourceHash = sourcesHash(data, c.policyHash, c.filesHash())
 	return c, nil
+}
+
+// filesHash hashes the files the config names that a reload rereads — the
+// TLS certificate and key, the signal and admin tokens — so that replacing
+// one (a renewed certificate, a rotated token: a Kubernetes Secret update)
+// reloads like a config change does. An unreadable file hashes as a
+// marker; the reload then reports it.
+func (c *Config) filesHash() []byte {
+	h := sha256.New()
+	for _, p := range []string{c.TLS.CertFile, c.TLS.KeyFile, c.Signals.TokenFile, c.Admin.TokenFile} {
+		if p == "" {
+			continue
+		}
+		b, _, err := files.ReadRegular(p, config.MaxFileSize)
+		if err != nil {
+			b = []byte("unreadable")
+		}
+		fmt.Fprintf(h, "%d:%s:%d:", len(p), p, len(b))
+		h.Write(b)
+	}
+	return h.Sum(nil)
 }
 
 // readConfigFile reads at most config.MaxFileSize+1 bytes (Parse reports

@@ -71,25 +71,29 @@ func (e *Edge) Reload(ctx context.Context, path string) bool {
 	return true
 }
 
-// sourcesHashNow hashes the config file at path and the serving config's
-// policy dir as they are now; nil if the config file cannot be read.
+// sourcesHashNow hashes the config file at path, the serving config's
+// policy dir and the files it names as they are now; nil if the config
+// file cannot be read.
 func (e *Edge) sourcesHashNow(path string) []byte {
 	b, err := readConfigFile(path)
 	if err != nil {
 		return nil
 	}
+	cfg := e.State().Config
 	var ph []byte
-	if dir := e.State().Config.Policy.Dir; dir != "" {
+	if dir := cfg.Policy.Dir; dir != "" {
 		ph = policyDirHash(dir)
 	}
-	return sourcesHash(b, ph)
+	return sourcesHash(b, ph, cfg.filesHash())
 }
 
-// sourcesHash combines the config file's bytes and the policy dir's hash.
-func sourcesHash(configData, policyHash []byte) []byte {
+// sourcesHash combines the config file's bytes, the policy dir's hash and
+// the hash of the files the config names.
+func sourcesHash(configData, policyHash, filesHash []byte) []byte {
 	h := sha256.New()
 	h.Write(configData)
 	h.Write(policyHash)
+	h.Write(filesHash)
 	return h.Sum(nil)
 }
 

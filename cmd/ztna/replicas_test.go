@@ -1,13 +1,23 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"fmt"
+	"html"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -43,16 +53,79 @@ func startReplica(t *testing.T, cfgPath string) *replicaProcess {
 	return p
 }
 
+// client is a browser at the replica: the edge's host names (*.test)
+// reach its HTTPS port, anything else (the IdP) its own address.
+func (p *replicaProcess) client(t *testing.T, jar http.CookieJar, follow bool) *http.Client {
+	t.Helper()
+	c := &http.Client{Timeout: 10 * time.Second, Jar: jar, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, // the test's own self-signed cert
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if strings.HasSuffix(strings.Split(addr, ":")[0], ".test") {
+				addr = p.https
+			}
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		},
+	}}
+	if !follow {
+		c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	}
+	t.Cleanup(c.CloseIdleConnections)
+	return c
+}
+
+// login signs user in through the replica as a browser does (app →
+// edge login → IdP form → callback → handoff → app) and returns the
+// session cookie the app host got.
+func (p *replicaProcess) login(t *testing.T, user, password string) string {
+	t.Helper()
+	jar, err := cookiejar.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := p.client(t, jar, true)
+	get := func(u string) (*http.Response, string) {
+		req, _ := http.NewRequest("GET", u, nil)
+		req.Header.Set("Accept", "text/html")
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("GET %s: %v", u, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		return resp, string(b)
+	}
+	resp, page := get("https://app.test/x") // ends at the IdP's login form
+	action := regexp.MustCompile(`<form[^>]*action="([^"]+)"`).FindStringSubmatch(page)
+	id := regexp.MustCompile(`name="authRequestID" value="([^"]+)"`).FindStringSubmatch(page)
+	if action == nil || id == nil {
+		t.Fatalf("no IdP login form at %s: %.300s", resp.Request.URL, page)
+	}
+	target, err := resp.Request.URL.Parse(html.UnescapeString(action[1]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	form := url.Values{"authRequestID": {html.UnescapeString(id[1])}, "username": {user}, "password": {password}}
+	resp, err = c.PostForm(target.String(), form)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Request.URL.Host != "app.test" {
+		t.Fatalf("after the login: %d at %s, want 200 at app.test", resp.StatusCode, resp.Request.URL)
+	}
+	for _, ck := range jar.Cookies(&url.URL{Scheme: "https", Host: "app.test"}) {
+		if ck.Name == authn.SessionCookie {
+			return ck.Value
+		}
+	}
+	t.Fatal("no session cookie for app.test after the login")
+	return ""
+}
+
 // status is GET https://app.test/x on the replica with the session cookie.
 func (p *replicaProcess) status(t *testing.T, cookie string) int {
 	t.Helper()
-	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, // the test's own self-signed cert
-		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, network, p.https)
-		},
-	}, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	defer c.CloseIdleConnections()
+	c := p.client(t, nil, false)
 	req, _ := http.NewRequest("GET", "https://app.test/x", nil)
 	req.Header.Set("Accept", "application/json")
 	req.AddCookie(&http.Cookie{Name: authn.SessionCookie, Value: cookie})
@@ -65,19 +138,91 @@ func (p *replicaProcess) status(t *testing.T, cookie string) int {
 }
 
 // TestServeReplicasShareRedis runs two `ztna serve` processes with
-// store.backend redis on one real redis-server: a session either replica
-// wrote is served by both; a revocation announced on the bus is refused by
-// both at once (not after their 30 s session cache); while Redis is down a
-// session neither read recently gets 503; a replica killed and started
-// again serves with its state intact.
+// store.backend redis on one real redis-server: alice signs in through A
+// (the real OIDC flow) and her session works on B; an admin signing her
+// out on B ends her live streaming response on A within a second; a
+// revocation announced on the bus by a third party is refused by both at
+// once (not after their 30 s session cache); while Redis is down a session
+// neither read recently gets 503; a replica killed and started again
+// serves with its state intact.
 func TestServeReplicasShareRedis(t *testing.T) {
 	srv := redistest.Start(t, redistest.WithAppendOnly())
 	f := newServeFixture(t)
 	prefix := fmt.Sprintf("ztna:%d:", time.Now().UnixNano())
-	cfg := f.config("") + fmt.Sprintf("store:\n  backend: redis\n  redis:\n    addrs: [%q]\n    key_prefix: %q\n", srv.Addr(), prefix)
+	adminToken := strings.Repeat("a", 40)
+	tokenFile := filepath.Join(f.dir, "admin-token")
+	if err := os.WriteFile(tokenFile, []byte(adminToken), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	streamer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		for {
+			if _, err := io.WriteString(w, "data: tick\n\n"); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}))
+	t.Cleanup(streamer.Close)
+	cfg := f.config("  - name: app2\n    host: app2.test\n    upstream: "+streamer.URL+"\n    rules:\n      - name: everyone\n") +
+		fmt.Sprintf("store:\n  backend: redis\n  redis:\n    addrs: [%q]\n    key_prefix: %q\nadmin:\n  token_file: %s\n", srv.Addr(), prefix, tokenFile)
 	f.write(t, cfg)
 	a := startReplica(t, f.cfgPath)
 	b := startReplica(t, f.cfgPath)
+
+	// alice signs in through A; her session works on B.
+	cookie := a.login(t, "alice", "alice-password")
+	if code := b.status(t, cookie); code != http.StatusOK {
+		t.Fatalf("alice's session from A on B: %d, want 200", code)
+	}
+	// A live streaming response on A; an admin signs alice out on B.
+	req, _ := http.NewRequest("GET", "https://app2.test/stream", nil)
+	req.Header.Set("Accept", "text/event-stream")
+	req.AddCookie(&http.Cookie{Name: authn.SessionCookie, Value: cookie})
+	stream, err := a.client(t, nil, false).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Body.Close()
+	lines := bufio.NewScanner(stream.Body)
+	if stream.StatusCode != http.StatusOK || !lines.Scan() {
+		t.Fatalf("the stream on A: %d", stream.StatusCode)
+	}
+	ended := make(chan time.Time, 1)
+	go func() {
+		for lines.Scan() {
+		}
+		ended <- time.Now()
+	}()
+	signOut, _ := http.NewRequest("POST", "https://auth.test/api/users/u-alice/sign-out", nil)
+	signOut.Header.Set("Authorization", "Bearer "+adminToken)
+	start := time.Now()
+	resp, err := b.client(t, nil, false).Do(signOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("sign-out on B: %d", resp.StatusCode)
+	}
+	select {
+	case at := <-ended:
+		if d := at.Sub(start); d > time.Second {
+			t.Errorf("the stream on A ended %v after the sign-out on B, want ≤ 1 s", d)
+		} else {
+			t.Logf("signed out on B → stream on A ended after %v", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the stream on A outlived the sign-out on B")
+	}
+	if code := a.status(t, cookie); code != http.StatusUnauthorized {
+		t.Errorf("the signed-out session on A: %d, want 401", code)
+	}
 
 	// The test is a third party on the same Redis: it writes sessions as a
 	// replica's login would, and revokes like another replica would.
@@ -109,7 +254,7 @@ func TestServeReplicasShareRedis(t *testing.T) {
 	}
 	// Both replicas have it cached now; the revocation reaches them on the
 	// bus and they refuse it at once.
-	start := time.Now()
+	start = time.Now()
 	if err := sessions.Revoke(ctx, s1.Key); err != nil {
 		t.Fatal(err)
 	}
