@@ -34,6 +34,7 @@ FUZZ_TARGETS := \
 	./internal/usercode:FuzzNormalize:80000 \
 	./posture:FuzzParseFalco:50000 \
 	./posture:FuzzParseSignal:50000 \
+	./posture:FuzzNonceValid:80000 \
 	./internal/bus:FuzzDecode:50000
 
 .PHONY: all build test deps vet unit fuzz bench lint

@@ -36,6 +36,16 @@
 // registered key, a counter above the last accepted one, a nonce from the
 // [NonceBook] for this device, and a plausible collection time.
 //
+// Nonces are stateless, so that every replica accepts the nonces of every
+// other (an agent behind a load balancer takes its nonce from one replica
+// and reports to another): a nonce is base32 of a version byte, its issue
+// time in seconds and a 128-bit HMAC-SHA256 over the device ID and that
+// time, keyed with a secret every replica loads from the store
+// ([LoadNonceKey]). It is valid for its device only, for the nonce TTL
+// after its issue time (and a few seconds before it, for clock skew
+// between replicas). It proves the report was made after the edge issued a
+// nonce for this device; the counter, not the nonce, stops replays.
+//
 // The edge keeps what it accepted in a [Reports] book: the latest report of
 // every device in memory (the per-request lookup) and in the store (for
 // restarts), a short history, and the EDR vendors' own check-ins, which
@@ -80,6 +90,6 @@
 //   - It never treats an unknown state as passing: a property the agent
 //     could not determine fails every profile that requires it, and so does
 //     a missing or stale report.
-//   - It never reads unbounded input and never logs keys, nonces or
-//     certificates' private parts.
+//   - It never reads unbounded input and never logs keys (the nonce key
+//     included), nonces or certificates' private parts.
 package posture

@@ -108,7 +108,10 @@ func (b *Reports) Refresh(ctx context.Context, id string) error {
 
 // ReportsConfig configures a Reports. Zero values select the defaults.
 type ReportsConfig struct {
-	Nonces       *NonceBook    // nil: a new NonceBook with defaults
+	// Nonces issues and checks report nonces. With several replicas it
+	// must be keyed with LoadNonceKey, so each accepts the others' nonces.
+	// nil: a NewNonceBook with a random key (one process only).
+	Nonces       *NonceBook
 	MaxReportAge time.Duration // see ReportVerifier.MaxReportAge
 	History      time.Duration // 0: DefaultHistory
 	Logger       *slog.Logger
@@ -310,13 +313,14 @@ func (b *Reports) CheckIn(deviceID, edr string, at, now time.Time) {
 	b.notify(deviceID, ev)
 }
 
-// Forget drops the device's evidence and nonces, e.g. when it is revoked.
-// Its stored latest report stays, so its counter is never reused.
+// Forget drops the device's evidence, e.g. when it is revoked. Its stored
+// latest report stays, so its counter is never reused. Nonces keep no
+// per-device state to drop: a revoked device is refused before its nonce is
+// looked at.
 func (b *Reports) Forget(deviceID string) {
 	b.mu.Lock()
 	delete(b.evidence, deviceID)
 	b.mu.Unlock()
-	b.nonces.Forget(deviceID)
 }
 
 // HistoryEntry is one accepted report of a device's history.

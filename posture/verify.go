@@ -1,16 +1,21 @@
 package posture
 
 import (
-	"container/list"
+	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/hmac"
 	"crypto/rand"
-	"crypto/subtle"
+	"crypto/sha256"
+	"encoding/base32"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/big"
-	"sync"
 	"time"
+
+	"github.com/ztna-dev/ztna/internal/store"
 )
 
 // Errors of report parsing and verification. Each rejection wraps exactly
@@ -28,8 +33,8 @@ var (
 	ErrWrongDevice = errors.New("posture: report is for another device")
 	// ErrReplay: the counter is not above the last accepted one.
 	ErrReplay = errors.New("posture: report replayed (counter not increasing)")
-	// ErrStaleNonce: the nonce was not issued to this device, has been
-	// forgotten, or is older than the nonce TTL.
+	// ErrStaleNonce: the nonce was not issued to this device by this edge
+	// (with its nonce key), or is older than the nonce TTL.
 	ErrStaleNonce = errors.New("posture: report nonce unknown or expired")
 	// ErrClock: collected_at is too far in the future or too old.
 	ErrClock = errors.New("posture: report time out of range")
@@ -47,17 +52,11 @@ const (
 	// uses the nonce it received with its previous report, so this must
 	// exceed the reporting interval comfortably.
 	DefaultNonceTTL = 5 * time.Minute
-	// DefaultNonceDevices bounds the devices a NonceBook remembers.
-	DefaultNonceDevices = 100_000
-	// NoncesPerDevice is how many of its latest nonces a device may use.
-	// More than one, so a report crossing the issue of the next nonce in
-	// flight is not refused.
-	NoncesPerDevice = 4
 )
 
 // ReportVerifier decides whether a parsed report may be accepted as the
 // latest report of the device a request authenticated as. It holds no
-// per-device state besides the nonces: the caller passes the device's
+// per-device state (nor does its NonceBook): the caller passes the device's
 // registered key and the last counter it accepted, and after a successful
 // Verify records the new counter with a compare-and-set (only if still
 // greater than the stored one), so two reports verified concurrently cannot
@@ -74,8 +73,8 @@ type ReportVerifier struct {
 // whose registered public key is key and whose last accepted counter is
 // lastCounter (0 if none), at time now. In order: the report names that
 // device; the signature is key's low-S ES256 signature over the payload;
-// the counter is greater than lastCounter; the nonce is one this edge issued
-// to the device within the nonce TTL; collected_at is not more than
+// the counter is greater than lastCounter; the nonce is one this edge (any
+// replica) issued to the device within the nonce TTL; collected_at is not more than
 // MaxReportFuture ahead of now nor older than MaxReportAge. The error wraps
 // one of the package's Err values.
 func (v *ReportVerifier) Verify(sr *SignedReport, deviceID string, key *ecdsa.PublicKey, lastCounter uint64, now time.Time) error {
@@ -130,43 +129,117 @@ func verifyReportSig(sr *SignedReport, key *ecdsa.PublicKey) error {
 	return nil
 }
 
-// NonceBook issues per-device nonces and remembers the latest
-// [NoncesPerDevice] of each device with their issue time. It is in memory
-// and bounded: past MaxDevices, the device whose latest nonce is oldest is
-// forgotten (its agent gets ErrStaleNonce once and fetches a new nonce). It
-// is safe for concurrent use.
-type NonceBook struct {
-	ttl        time.Duration
-	maxDevices int
-	now        func() time.Time
+// Nonce layout. A nonce is
+//
+//	base32(version (1 byte, 1) || issued-at (Unix seconds, 8 bytes big-endian) || mac)
+//
+// (RFC 4648 alphabet, no padding: exactly NonceLen characters), where mac
+// is the first 16 bytes of HMAC-SHA256(key, "ztna-nonce:v1" || device ID
+// || issued-at). The device ID is the only variable-length input and is
+// followed by a fixed-length field, so no two (device, time) pairs share a
+// MAC input.
+const (
+	nonceVersion = 1
+	nonceMACLen  = 16
+	nonceRawLen  = 1 + 8 + nonceMACLen
+	nonceContext = "ztna-nonce:v1"
 
-	mu      sync.Mutex
-	devices map[string]*list.Element // value: *deviceNonces
-	order   list.List                // least recently issued first
+	// NonceLen is the length of every nonce a NonceBook issues. Anything
+	// else is refused before it is decoded.
+	NonceLen = (nonceRawLen*8 + 4) / 5
+	// NonceKeySize is the size of the key that authenticates nonces.
+	NonceKeySize = 32
+	// MaxNonceFuture is how far ahead of the verifying replica's clock a
+	// nonce's issue time may be: another replica's clock may run ahead.
+	MaxNonceFuture = 5 * time.Second
+)
+
+// nonceEncoding encodes nonces: 25 bytes are exactly 40 characters, so
+// every nonce has one spelling (no padding, no unused bits).
+var nonceEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
+
+// Store bucket of the nonce key: one entry, without expiry.
+const (
+	bucketNonceKey = "posture_nonce_key"
+	nonceKeyEntry  = "v1"
+)
+
+// LoadNonceKey returns the key every replica of the edge authenticates
+// report nonces with, creating it in st on first use: NonceKeySize random
+// bytes stored without expiry with PutIfAbsent, then read back, so that
+// replicas racing to create it all end up with the one that was stored. A
+// stored key of the wrong size is an error (fail closed), not replaced.
+//
+// Whoever can read the store can mint nonces; that lets them claim a report
+// is fresh, not sign one — reports are still signed by the device key and
+// counted. To rotate the key, delete it from the store and restart every
+// replica (agents holding an old nonce fetch a new one once).
+func LoadNonceKey(ctx context.Context, st store.Store) ([]byte, error) {
+	fresh := make([]byte, NonceKeySize)
+	if _, err := rand.Read(fresh); err != nil {
+		return nil, fmt.Errorf("posture: nonce key: %w", err)
+	}
+	stored, err := st.PutIfAbsent(ctx, bucketNonceKey, nonceKeyEntry, fresh, 0)
+	if err != nil {
+		return nil, fmt.Errorf("posture: store nonce key: %w", err)
+	}
+	if stored {
+		return fresh, nil
+	}
+	key, err := st.Get(ctx, bucketNonceKey, nonceKeyEntry)
+	if err != nil {
+		// Absent right after PutIfAbsent said it was present: deleted in
+		// between. Reporting it beats guessing which key the others use.
+		return nil, fmt.Errorf("posture: read nonce key: %w", err)
+	}
+	if len(key) != NonceKeySize {
+		return nil, fmt.Errorf("posture: the stored nonce key (bucket %s) is %d bytes, want %d; delete it to create a new one", bucketNonceKey, len(key), NonceKeySize)
+	}
+	return key, nil
 }
 
-type deviceNonces struct {
-	deviceID string
-	nonces   [NoncesPerDevice]string
-	issued   [NoncesPerDevice]time.Time
-	next     int // slot the next nonce overwrites
+// NonceBook issues report nonces and checks them. It keeps no per-device
+// state: a nonce carries its issue time and a MAC over the device ID and
+// that time, so any NonceBook with the same key — every replica of the
+// edge, through [LoadNonceKey] — accepts the nonces of every other, and a
+// restart forgets nothing. A nonce is valid for the device it was issued to
+// from its issue time (up to MaxNonceFuture early, for clock skew between
+// replicas) until TTL after it, for any number of reports: replay is
+// stopped by the report counter, the nonce proves the report was made after
+// the edge issued a nonce for this device. It is safe for concurrent use.
+type NonceBook struct {
+	key []byte
+	ttl time.Duration
+	now func() time.Time
 }
 
 // NonceBookConfig configures a NonceBook. Zero values select the defaults.
 type NonceBookConfig struct {
-	TTL        time.Duration    // 0 means DefaultNonceTTL
-	MaxDevices int              // 0 means DefaultNonceDevices
-	Now        func() time.Time // issue times; nil means time.Now
+	// Key authenticates the nonces: NonceKeySize bytes, the same on every
+	// replica (see LoadNonceKey). nil means a random key, so nonces verify
+	// in this process only: for one edge without a shared store, and
+	// tests. A key of another size panics (a programming error).
+	Key []byte
+	TTL time.Duration    // 0 means DefaultNonceTTL
+	Now func() time.Time // issue times; nil means time.Now
 }
 
-// NewNonceBook returns an empty NonceBook.
+// NewNonceBook returns a NonceBook configured by c.
 func NewNonceBook(c NonceBookConfig) *NonceBook {
-	b := &NonceBook{ttl: c.TTL, maxDevices: c.MaxDevices, now: c.Now, devices: map[string]*list.Element{}}
+	b := &NonceBook{ttl: c.TTL, now: c.Now}
+	switch len(c.Key) {
+	case 0:
+		b.key = make([]byte, NonceKeySize)
+		if _, err := rand.Read(b.key); err != nil {
+			panic("posture: nonce key: " + err.Error())
+		}
+	case NonceKeySize:
+		b.key = bytes.Clone(c.Key)
+	default:
+		panic(fmt.Sprintf("posture: nonce key is %d bytes, want %d", len(c.Key), NonceKeySize))
+	}
 	if b.ttl <= 0 {
 		b.ttl = DefaultNonceTTL
-	}
-	if b.maxDevices <= 0 {
-		b.maxDevices = DefaultNonceDevices
 	}
 	if b.now == nil {
 		b.now = time.Now
@@ -177,73 +250,42 @@ func NewNonceBook(c NonceBookConfig) *NonceBook {
 // TTL returns how long an issued nonce stays valid.
 func (b *NonceBook) TTL() time.Duration { return b.ttl }
 
-// Issue returns a new random nonce (128 bits, base32) for deviceID and
-// remembers it, replacing the device's oldest one when it already has
-// NoncesPerDevice.
+// Issue returns a new nonce for deviceID, issued now (whole seconds).
 func (b *NonceBook) Issue(deviceID string) string {
-	nonce := rand.Text()
-	now := b.now()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	el, ok := b.devices[deviceID]
-	if !ok {
-		for len(b.devices) >= b.maxDevices {
-			oldest := b.order.Front()
-			delete(b.devices, oldest.Value.(*deviceNonces).deviceID)
-			b.order.Remove(oldest)
-		}
-		el = b.order.PushBack(&deviceNonces{deviceID: deviceID})
-		b.devices[deviceID] = el
-	} else {
-		b.order.MoveToBack(el)
-	}
-	d := el.Value.(*deviceNonces)
-	d.nonces[d.next] = nonce
-	d.issued[d.next] = now
-	d.next = (d.next + 1) % NoncesPerDevice
-	return nonce
+	var raw [nonceRawLen]byte
+	raw[0] = nonceVersion
+	binary.BigEndian.PutUint64(raw[1:9], uint64(b.now().Unix()))
+	b.mac(raw[9:], deviceID, raw[1:9])
+	return nonceEncoding.EncodeToString(raw[:])
 }
 
-// Valid reports whether nonce is one of the latest nonces issued to
-// deviceID and was issued no longer than the TTL before now. A nonce stays
-// valid for several reports: replay is stopped by the counter, the nonce
-// proves the report was made after the edge issued it, for this device.
+// Valid reports whether nonce was issued by a NonceBook with this key to
+// deviceID, no longer than the TTL before now and no more than
+// MaxNonceFuture after it. The MAC is compared in constant time.
 func (b *NonceBook) Valid(deviceID, nonce string, now time.Time) bool {
-	if nonce == "" {
+	if len(nonce) != NonceLen || deviceID == "" || len(deviceID) > maxIDLen {
 		return false
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	el, ok := b.devices[deviceID]
-	if !ok {
+	var raw [nonceRawLen]byte
+	// The decoder skips line breaks, so a shorter result is possible:
+	// only a full decode is a nonce.
+	if n, err := nonceEncoding.Decode(raw[:], []byte(nonce)); err != nil || n != nonceRawLen || raw[0] != nonceVersion {
 		return false
 	}
-	d := el.Value.(*deviceNonces)
-	valid := false
-	for i := range d.nonces {
-		// Every slot is compared, so the time taken does not say which
-		// slot matched or how much of a guess was right.
-		same := subtle.ConstantTimeCompare([]byte(d.nonces[i]), []byte(nonce)) == 1
-		if same && d.nonces[i] != "" && now.Sub(d.issued[i]) <= b.ttl {
-			valid = true
-		}
+	var want [nonceMACLen]byte
+	b.mac(want[:], deviceID, raw[1:9])
+	if !hmac.Equal(want[:], raw[9:]) {
+		return false
 	}
-	return valid
+	issued := time.Unix(int64(binary.BigEndian.Uint64(raw[1:9])), 0)
+	return issued.Sub(now) <= MaxNonceFuture && now.Sub(issued) <= b.ttl
 }
 
-// Forget drops every nonce of deviceID, e.g. when the device is revoked.
-func (b *NonceBook) Forget(deviceID string) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if el, ok := b.devices[deviceID]; ok {
-		delete(b.devices, deviceID)
-		b.order.Remove(el)
-	}
-}
-
-// Len returns how many devices have nonces remembered.
-func (b *NonceBook) Len() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return len(b.devices)
+// mac writes the truncated MAC of deviceID and issued (8 bytes) to dst.
+func (b *NonceBook) mac(dst []byte, deviceID string, issued []byte) {
+	m := hmac.New(sha256.New, b.key)
+	m.Write([]byte(nonceContext))
+	m.Write([]byte(deviceID))
+	m.Write(issued)
+	copy(dst, m.Sum(nil))
 }

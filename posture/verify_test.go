@@ -1,9 +1,12 @@
 package posture
 
 import (
+	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/big"
@@ -11,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ztna-dev/ztna/internal/store"
 )
 
 // rptClock is a settable clock for NonceBook issue times.
@@ -189,95 +194,161 @@ func TestHighSTwinIsOtherwiseValid(t *testing.T) {
 	}
 }
 
+// nonceKey returns a fixed nonce key whose bytes all equal b.
+func nonceKey(b byte) []byte { return bytes.Repeat([]byte{b}, NonceKeySize) }
+
+// reNonce decodes nonce, lets edit change the raw bytes and encodes it
+// again: a nonce tampered with below the encoding.
+func reNonce(t testing.TB, nonce string, edit func(raw []byte)) string {
+	t.Helper()
+	raw, err := nonceEncoding.DecodeString(nonce)
+	if err != nil || len(raw) != nonceRawLen {
+		t.Fatalf("decode %q: %d bytes, %v", nonce, len(raw), err)
+	}
+	edit(raw)
+	return nonceEncoding.EncodeToString(raw)
+}
+
 func TestNonceBook(t *testing.T) {
+	const ttl = time.Minute
 	clock := &rptClock{t: rptT0}
-	b := NewNonceBook(NonceBookConfig{TTL: time.Minute, MaxDevices: 3, Now: clock.now})
+	b := NewNonceBook(NonceBookConfig{Key: nonceKey(1), TTL: ttl, Now: clock.now})
+	n := b.Issue("dev-a")
+	// Other books: the same key (another replica, its clock 3 s ahead), and
+	// another key (another edge, or a replica that made its own key).
+	replica := NewNonceBook(NonceBookConfig{Key: nonceKey(1), TTL: ttl, Now: func() time.Time { return rptT0.Add(3 * time.Second) }})
+	stranger := NewNonceBook(NonceBookConfig{Key: nonceKey(2), TTL: ttl, Now: clock.now})
+	fromReplica, fromStranger := replica.Issue("dev-a"), stranger.Issue("dev-a")
+	longID := strings.Repeat("d", maxIDLen+1)
 
-	t.Run("latest four per device", func(t *testing.T) {
-		var ns []string
-		for range NoncesPerDevice + 2 {
-			ns = append(ns, b.Issue("a"))
-		}
-		for i, n := range ns {
-			if want := i >= 2; b.Valid("a", n, rptT0) != want {
-				t.Errorf("nonce %d of %d: valid %v, want %v", i+1, len(ns), !want, want)
+	for _, tc := range []struct {
+		name   string
+		device string
+		nonce  string
+		now    time.Time
+		want   bool
+	}{
+		{"issued now", "dev-a", n, rptT0, true},
+		{"another device", "dev-b", n, rptT0, false},
+		{"device ID a prefix", "dev-", n, rptT0, false},
+		{"no device", "", n, rptT0, false},
+		{"oversized device ID", longID, NewNonceBook(NonceBookConfig{Key: nonceKey(1), Now: clock.now}).Issue(longID), rptT0, false},
+		{"exactly at the TTL", "dev-a", n, rptT0.Add(ttl), true},
+		{"past the TTL", "dev-a", n, rptT0.Add(ttl + time.Nanosecond), false},
+		{"an hour later", "dev-a", n, rptT0.Add(time.Hour), false},
+		{"issued 5 s in the future", "dev-a", n, rptT0.Add(-MaxNonceFuture), true},
+		{"issued more than 5 s in the future", "dev-a", n, rptT0.Add(-MaxNonceFuture - time.Nanosecond), false},
+		{"issued a day in the future", "dev-a", n, rptT0.Add(-24 * time.Hour), false},
+		{"from a replica with the same key", "dev-a", fromReplica, rptT0, true},
+		{"from a replica, for another device", "dev-b", fromReplica, rptT0, false},
+		{"from another key", "dev-a", fromStranger, rptT0, false},
+		{"empty", "dev-a", "", rptT0, false},
+		{"lower case", "dev-a", strings.ToLower(n), rptT0, false},
+		{"truncated by one", "dev-a", n[:NonceLen-1], rptT0, false},
+		{"half", "dev-a", n[:NonceLen/2], rptT0, false},
+		{"one character more", "dev-a", n + "A", rptT0, false},
+		{"padded", "dev-a", n + "======", rptT0, false},
+		{"oversized", "dev-a", strings.Repeat(n, 1000), rptT0, false},
+		{"line break inside", "dev-a", n[:20] + "\n" + n[21:], rptT0, false},
+		{"line break instead of the last", "dev-a", n[:NonceLen-1] + "\n", rptT0, false},
+		{"garbage of the right length", "dev-a", strings.Repeat("!", NonceLen), rptT0, false},
+		{"all A", "dev-a", strings.Repeat("A", NonceLen), rptT0, false},
+		{"old-style random nonce", "dev-a", rand.Text(), rptT0, false},
+		{"MAC bit flipped", "dev-a", reNonce(t, n, func(raw []byte) { raw[nonceRawLen-1] ^= 1 }), rptT0, false},
+		{"issue time moved a second", "dev-a", reNonce(t, n, func(raw []byte) { raw[8]++ }), rptT0, false},
+		{"issue time moved a TTL later", "dev-a", reNonce(t, n, func(raw []byte) {
+			binary.BigEndian.PutUint64(raw[1:9], uint64(rptT0.Add(ttl).Unix()))
+		}), rptT0.Add(ttl + time.Second), false},
+		{"another version", "dev-a", reNonce(t, n, func(raw []byte) { raw[0] = 2 }), rptT0, false},
+		{"no version", "dev-a", reNonce(t, n, func(raw []byte) { raw[0] = 0 }), rptT0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := b.Valid(tc.device, tc.nonce, tc.now); got != tc.want {
+				t.Errorf("Valid(%q, %.60q, %s) = %v, want %v", tc.device, tc.nonce, tc.now.Format(time.TimeOnly), got, tc.want)
 			}
+		})
+	}
+
+	t.Run("shape", func(t *testing.T) {
+		if len(n) != NonceLen || NonceLen != 40 || strings.Trim(n, "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567") != "" {
+			t.Errorf("nonce %q: want %d characters of the base32 alphabet", n, NonceLen)
 		}
-		if b.Valid("b", ns[len(ns)-1], rptT0) {
-			t.Error("nonce valid for another device")
+		if n != b.Issue("dev-a") {
+			t.Error("two nonces for one device within a second differ; they carry only the device and the second")
 		}
-		if b.Valid("a", "", rptT0) || b.Valid("a", strings.ToLower(ns[5]), rptT0) {
-			t.Error("empty or altered nonce valid")
-		}
-		seen := map[string]bool{}
-		for _, n := range ns {
-			if seen[n] || len(n) < 22 {
-				t.Errorf("nonce %q repeated or short", n)
-			}
-			seen[n] = true
+		clock.set(rptT0.Add(time.Second))
+		defer clock.set(rptT0)
+		if n2 := b.Issue("dev-a"); n2 == n || !b.Valid("dev-a", n2, rptT0.Add(time.Second)) {
+			t.Errorf("a second later: %q (was %q)", n2, n)
 		}
 	})
 
-	t.Run("TTL", func(t *testing.T) {
-		n := b.Issue("ttl")
-		if !b.Valid("ttl", n, rptT0.Add(time.Minute)) {
-			t.Error("nonce invalid at exactly the TTL")
+	t.Run("both ways between replicas", func(t *testing.T) {
+		if !replica.Valid("dev-a", n, rptT0) || replica.Valid("dev-a", fromStranger, rptT0) {
+			t.Error("the replica does not accept exactly what the first book issued")
 		}
-		if b.Valid("ttl", n, rptT0.Add(time.Minute+time.Nanosecond)) {
-			t.Error("nonce valid after the TTL")
+		if stranger.Valid("dev-a", n, rptT0) || stranger.Valid("dev-a", fromReplica, rptT0) {
+			t.Error("a book with another key accepts the first book's nonces")
 		}
 	})
 
-	t.Run("bounded, least recently issued evicted", func(t *testing.T) {
-		b := NewNonceBook(NonceBookConfig{MaxDevices: 3, Now: clock.now})
-		n1, n2, n3 := b.Issue("d1"), b.Issue("d2"), b.Issue("d3")
-		n1 = b.Issue("d1") // d1 is now the most recent; d2 the oldest
-		n4 := b.Issue("d4")
-		if b.Len() != 3 {
-			t.Fatalf("Len = %d, want 3", b.Len())
+	t.Run("key is copied", func(t *testing.T) {
+		key := nonceKey(3)
+		kb := NewNonceBook(NonceBookConfig{Key: key, Now: clock.now})
+		kn := kb.Issue("dev-a")
+		key[0] ^= 0xff
+		if !kb.Valid("dev-a", kn, rptT0) {
+			t.Error("changing the caller's key slice changed the book")
 		}
-		for _, c := range []struct {
-			dev, n string
-			want   bool
-		}{{"d1", n1, true}, {"d2", n2, false}, {"d3", n3, true}, {"d4", n4, true}} {
-			if got := b.Valid(c.dev, c.n, rptT0); got != c.want {
-				t.Errorf("%s: valid %v, want %v", c.dev, got, c.want)
-			}
-		}
-		b.Forget("d3")
-		if b.Valid("d3", n3, rptT0) || b.Len() != 2 {
-			t.Errorf("after Forget: valid %v, Len %d", b.Valid("d3", n3, rptT0), b.Len())
-		}
-		b.Forget("never")
 	})
 
 	t.Run("defaults", func(t *testing.T) {
-		b := NewNonceBook(NonceBookConfig{})
-		if b.TTL() != DefaultNonceTTL || b.maxDevices != DefaultNonceDevices {
-			t.Errorf("defaults: TTL %s, max %d", b.TTL(), b.maxDevices)
+		d1, d2 := NewNonceBook(NonceBookConfig{}), NewNonceBook(NonceBookConfig{})
+		if d1.TTL() != DefaultNonceTTL {
+			t.Errorf("TTL %s, want %s", d1.TTL(), DefaultNonceTTL)
 		}
-		if n := b.Issue("x"); !b.Valid("x", n, time.Now()) {
+		dn := d1.Issue("x")
+		if !d1.Valid("x", dn, time.Now()) {
 			t.Error("fresh nonce with the real clock invalid")
+		}
+		if d2.Valid("x", dn, time.Now()) {
+			t.Error("two books without a key share one: their random keys must differ")
+		}
+	})
+
+	t.Run("bad key size panics", func(t *testing.T) {
+		for _, size := range []int{1, NonceKeySize - 1, NonceKeySize + 1} {
+			func() {
+				defer func() {
+					if recover() == nil {
+						t.Errorf("a %d-byte key was accepted", size)
+					}
+				}()
+				NewNonceBook(NonceBookConfig{Key: make([]byte, size)})
+			}()
 		}
 	})
 }
 
+// Nonces are checked from many goroutines at once, on two books with one
+// key, as two replicas do.
 func TestNonceBookConcurrent(t *testing.T) {
-	const workers, rounds, maxDevices = 8, 500, 16
-	b := NewNonceBook(NonceBookConfig{MaxDevices: maxDevices})
+	const workers, rounds = 8, 500
+	key := nonceKey(7)
+	books := [2]*NonceBook{NewNonceBook(NonceBookConfig{Key: key}), NewNonceBook(NonceBookConfig{Key: key})}
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
 	for w := range workers {
 		wg.Go(func() {
 			for i := range rounds {
 				dev := fmt.Sprint("dev-", (w*rounds+i)%40)
-				n := b.Issue(dev)
-				b.Valid(dev, n, time.Now())
-				if i%50 == 0 {
-					b.Forget(dev)
+				n := books[i%2].Issue(dev)
+				if !books[(i+1)%2].Valid(dev, n, time.Now()) {
+					errs <- fmt.Errorf("%s: the other book refused %q", dev, n)
+					return
 				}
-				if l := b.Len(); l > maxDevices {
-					errs <- fmt.Errorf("Len %d exceeds %d", l, maxDevices)
+				if books[0].Valid(dev+"x", n, time.Now()) {
+					errs <- fmt.Errorf("%s: nonce valid for another device", dev)
 					return
 				}
 			}
@@ -288,14 +359,99 @@ func TestNonceBookConcurrent(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	// The bookkeeping must still agree after the churn.
-	if len(b.devices) != b.order.Len() {
-		t.Fatalf("map has %d devices, list %d", len(b.devices), b.order.Len())
+}
+
+// LoadNonceKey: replicas racing to create the key end up with one key, the
+// key survives (it is stored without expiry), and a damaged stored key or
+// an unusable store is an error rather than a new key.
+func TestLoadNonceKey(t *testing.T) {
+	forEachDeviceStore(t, func(t *testing.T, st store.Store) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		const callers = 8
+		keys := make([][]byte, callers)
+		errs := make([]error, callers)
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for i := range callers {
+			wg.Go(func() {
+				<-start
+				keys[i], errs[i] = LoadNonceKey(ctx, st)
+			})
+		}
+		close(start)
+		wg.Wait()
+		for i := range callers {
+			if errs[i] != nil {
+				t.Fatalf("caller %d: %v", i, errs[i])
+			}
+			if len(keys[i]) != NonceKeySize || !bytes.Equal(keys[i], keys[0]) {
+				t.Fatalf("caller %d got another key (%d bytes) than caller 0", i, len(keys[i]))
+			}
+		}
+		if bytes.Equal(keys[0], make([]byte, NonceKeySize)) {
+			t.Fatal("the key is all zeros")
+		}
+		again, err := LoadNonceKey(ctx, st)
+		if err != nil || !bytes.Equal(again, keys[0]) {
+			t.Fatalf("a later load (a restart): %v, same key %v", err, bytes.Equal(again, keys[0]))
+		}
+		a := NewNonceBook(NonceBookConfig{Key: keys[0]})
+		b := NewNonceBook(NonceBookConfig{Key: keys[callers-1]})
+		if !b.Valid("dev-1", a.Issue("dev-1"), time.Now()) {
+			t.Fatal("books keyed by two loads refuse each other's nonces")
+		}
+
+		if err := st.Put(ctx, bucketNonceKey, nonceKeyEntry, []byte("short"), 0); err != nil {
+			t.Fatal(err)
+		}
+		if k, err := LoadNonceKey(ctx, st); err == nil || !strings.Contains(err.Error(), "5 bytes") {
+			t.Fatalf("a damaged stored key: %x, %v; want an error", k, err)
+		}
+		done, cancelDone := context.WithCancel(ctx)
+		cancelDone()
+		if k, err := LoadNonceKey(done, st); err == nil {
+			t.Fatalf("with a cancelled context: %x, want an error", k)
+		}
+	})
+}
+
+// FuzzNonceValid: Valid never panics, and accepts only the exact string
+// Issue produces for that device at the nonce's issue time, within the
+// time window.
+func FuzzNonceValid(f *testing.F) {
+	key := nonceKey(9)
+	book := NewNonceBook(NonceBookConfig{Key: key, Now: func() time.Time { return rptT0 }})
+	n := book.Issue("dev-1")
+	for _, s := range []string{
+		n, strings.ToLower(n), n[:NonceLen-1], n + "A", n[:20] + "\n" + n[21:], n[:NonceLen-1] + "\n",
+		reNonce(f, n, func(raw []byte) { raw[8]++ }), reNonce(f, n, func(raw []byte) { raw[0] = 2 }),
+		strings.Repeat("A", NonceLen), strings.Repeat("7", NonceLen), "", "MADEUP", rand.Text(),
+	} {
+		f.Add("dev-1", s, int32(0))
+		f.Add("dev-2", s, int32(-5))
 	}
-	n := b.Issue("final")
-	if !b.Valid("final", n, time.Now()) {
-		t.Fatal("nonce issued after the churn is invalid")
-	}
+	f.Add("dev-1", n, int32(300))
+	f.Add("dev-1", n, int32(301))
+	f.Add("dev-1", n, int32(-6))
+	f.Fuzz(func(t *testing.T, device, nonce string, offset int32) {
+		now := rptT0.Add(time.Duration(offset) * time.Second)
+		if !book.Valid(device, nonce, now) {
+			return
+		}
+		raw, err := nonceEncoding.DecodeString(nonce)
+		if err != nil || len(raw) != nonceRawLen {
+			t.Fatalf("accepted %q, which does not decode to a nonce (%d bytes, %v)", nonce, len(raw), err)
+		}
+		issued := time.Unix(int64(binary.BigEndian.Uint64(raw[1:9])), 0)
+		again := NewNonceBook(NonceBookConfig{Key: key, Now: func() time.Time { return issued }}).Issue(device)
+		if again != nonce {
+			t.Fatalf("accepted %q for %q; Issue at %s gives %q", nonce, device, issued, again)
+		}
+		if d := now.Sub(issued); d > book.TTL() || d < -MaxNonceFuture {
+			t.Fatalf("accepted a nonce issued %s before now", d)
+		}
+	})
 }
 
 // BenchmarkParseVerify is the edge's cost of accepting one report (once per

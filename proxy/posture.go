@@ -222,14 +222,22 @@ func (e *Edge) onReport(deviceID string, ev *posture.Evidence) {
 }
 
 // startPosture builds device trust from the start-only settings: the device
-// registry (with a device CA), the report book and the quarantine (loaded
-// from the store), and the webhook notifier.
+// registry (with a device CA), the report book (its nonce key shared by
+// every replica through the store) and the quarantine (loaded from the
+// store), and the webhook notifier.
 func (e *Edge) startPosture(ctx context.Context, cfg *Config) error {
 	opts := e.opts
-	e.reports = posture.NewReports(opts.Store, posture.ReportsConfig{History: cfg.Posture.History, Logger: e.logger})
-	e.quarantine = posture.NewQuarantine(opts.Store, e.logger)
 	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	nonceKey, err := posture.LoadNonceKey(lctx, opts.Store)
+	if err != nil {
+		return err
+	}
+	e.reports = posture.NewReports(opts.Store, posture.ReportsConfig{
+		Nonces:  posture.NewNonceBook(posture.NonceBookConfig{Key: nonceKey}),
+		History: cfg.Posture.History, Logger: e.logger,
+	})
+	e.quarantine = posture.NewQuarantine(opts.Store, e.logger)
 	if err := e.reports.Load(lctx); err != nil {
 		return err
 	}

@@ -540,8 +540,9 @@ func (r *Runner) report(ctx context.Context, s *runState, res *Result) {
 			r.answered(s, res, &resp)
 			return
 		case code == "stale_nonce" && !retriedStale:
-			// The edge forgot our nonce (a restart, a long sleep): the
-			// same facts go out again with a new nonce and counter.
+			// Our nonce is past its lifetime (a long sleep) or the edge's
+			// nonce key changed: the same facts go out again with a new
+			// nonce and counter.
 			retriedStale = true
 			s.nonce = ""
 			if res.Err = r.fetchNonce(ctx, s); res.Err != nil {

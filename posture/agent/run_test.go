@@ -34,7 +34,7 @@ type postureEdge struct {
 	srv      *httptest.Server
 	devs     *posture.Devices
 	ca       *posture.DeviceCA
-	book     *posture.NonceBook
+	book     *posture.NonceBook // under mu (rotateNonceKey replaces it)
 	verifier posture.ReportVerifier
 	interval int // suggested to the agent, seconds
 
@@ -133,6 +133,7 @@ func (e *postureEdge) device(w http.ResponseWriter, r *http.Request) (*posture.D
 func (e *postureEdge) nonce(w http.ResponseWriter, r *http.Request) {
 	e.mu.Lock()
 	e.nonces++
+	book := e.book
 	e.mu.Unlock()
 	if r.Header.Get("Content-Type") != "application/json" {
 		writeJSON(w, 415, errorResponse{"unsupported_media_type", ""})
@@ -142,7 +143,7 @@ func (e *postureEdge) nonce(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	writeJSON(w, 200, map[string]any{"nonce": e.book.Issue(dev.ID), "interval": e.interval})
+	writeJSON(w, 200, map[string]any{"nonce": book.Issue(dev.ID), "interval": e.interval})
 }
 
 func (e *postureEdge) report(w http.ResponseWriter, r *http.Request) {
@@ -199,6 +200,7 @@ func (e *postureEdge) report(w http.ResponseWriter, r *http.Request) {
 		e.counters[dev.ID] = sr.Report.Counter
 		seen.Counter = sr.Report.Counter
 	}
+	book := e.book
 	e.mu.Unlock()
 	switch {
 	case err == nil:
@@ -221,7 +223,7 @@ func (e *postureEdge) report(w http.ResponseWriter, r *http.Request) {
 	// The protocol's JSON, spelled out rather than through the agent's
 	// types, so a wrong tag on those fails here.
 	resp := map[string]any{
-		"accepted": true, "next_nonce": e.book.Issue(dev.ID), "interval": e.interval, "quarantined": false,
+		"accepted": true, "next_nonce": book.Issue(dev.ID), "interval": e.interval, "quarantined": false,
 		"profiles": []map[string]any{
 			{"name": "baseline", "ok": true},
 			{"name": "strict", "ok": false, "failures": []map[string]any{
@@ -298,6 +300,15 @@ func (e *postureEdge) statuses() []int {
 		out = append(out, s.Status)
 	}
 	return out
+}
+
+// rotateNonceKey gives the edge a new nonce key, so every nonce it issued
+// before is stale (its stored key was deleted and it restarted).
+func (e *postureEdge) rotateNonceKey() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.book = posture.NewNonceBook(posture.NonceBookConfig{Now: e.now})
+	e.verifier.Nonces = e.book
 }
 
 func (e *postureEdge) nonceRequests() int {
@@ -529,7 +540,7 @@ func TestRunnerQuarantineAndFailureRecorded(t *testing.T) {
 func TestRunnerStaleNonce(t *testing.T) {
 	e := newPostureEdge(t)
 	dir := t.TempDir()
-	id := e.enroll(t, dir)
+	e.enroll(t, dir)
 	ctx := testContext(t, 30*time.Second)
 	fixed := time.Now()
 	r := e.runner(t, dir)
@@ -539,11 +550,11 @@ func TestRunnerStaleNonce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The edge forgets the device's nonces (a restart of a replica).
-	e.book.Forget(id)
+	// The nonce the agent holds goes stale (the edge's nonce key changed).
+	e.rotateNonceKey()
 	res2, err := r.ReportOnce(ctx)
 	if err != nil || !res2.Accepted {
-		t.Fatalf("after the edge forgot the nonce: %+v, %v", res2, err)
+		t.Fatalf("after the agent's nonce went stale: %+v, %v", res2, err)
 	}
 	if res2.Counter != res1.Counter+2 {
 		t.Errorf("counter %d, want %d (the refused report used one)", res2.Counter, res1.Counter+2)
