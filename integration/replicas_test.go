@@ -119,27 +119,13 @@ func TestReplicasShareSessionsAndRevocations(t *testing.T) {
 	// A device quarantined on A: B refuses it and cuts its live stream.
 	bob := loginAs(t, b, "whoami", "alice", alicePassword)
 	cookie2 := sessionCookie(t, b, bob, "whoami")
-	devID, cert := enrollDevice(t, a, "u-alice")
-	conn, err := tunnelClient(t, b, cookie2, &cert).Connect(ctx)
-	if err != nil {
-		t.Fatalf("the device enrolled on A, tunnel to B: %v", err)
-	}
-	defer conn.Close()
-	s, err := conn.Dial(ctx, "echo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	_ = s.SetDeadline(time.Now().Add(10 * time.Second))
-	buf := make([]byte, 512)
-	if _, err := s.Read(buf); err != nil {
-		t.Fatal(err)
-	}
+	devID, cert := enrollDevice(t, a, "u-alice") // enrolled on A, used on B
+	_, _, br := echoStream(t, ctx, tunnelClient(t, b, cookie2, &cert))
 	start = time.Now()
 	expectSignal(t, postSignal(t, a, proxy.PathSignals, "Bearer "+a.SignalsToken, map[string]string{
 		"source": "crowdstrike", "severity": "critical", "device_id": devID, "rule": "Ransomware.FileEncryption",
 		"reason": "test: EDR alert on A"}), "quarantined", devID)
-	_, err = s.Read(buf)
+	_, err = br.ReadString('\n')
 	took = time.Since(start)
 	var ce *tunnel.CutError
 	if !errors.As(err, &ce) || !strings.Contains(ce.Reason, "quarantined") {

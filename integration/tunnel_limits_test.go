@@ -152,22 +152,8 @@ func TestTunnelMigration(t *testing.T) {
 	cookie := sessionCookie(t, env, alice, "whoami")
 	_, cert := enrollDevice(t, env, "u-alice")
 	for _, via := range []string{viaQUIC, viaUDPBlocked} {
-		conn, err := tunnelClientVia(t, env, cookie, &cert, via).Connect(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		s, err := conn.Dial(ctx, "echo")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
-		_ = s.SetDeadline(time.Now().Add(10 * time.Second))
-		br := bufio.NewReader(s)
-		if _, err := br.ReadString('\n'); err != nil {
-			t.Fatal(err)
-		}
-		err = conn.Migrate(ctx)
+		conn, s, br := echoStream(t, ctx, tunnelClientVia(t, env, cookie, &cert, via))
+		err := conn.Migrate(ctx)
 		if via == viaUDPBlocked {
 			if !errors.Is(err, tunnel.ErrNoMigration) {
 				t.Errorf("migrate over HTTP/2: %v, want ErrNoMigration", err)
@@ -306,22 +292,8 @@ func TestTunnelStreamEndsWithItsSession(t *testing.T) {
 	loggedIn := time.Now()
 	alice := loginAs(t, env, "whoami", "alice", alicePassword)
 	_, cert := enrollDevice(t, env, "u-alice")
-	conn, err := tunnelClient(t, env, sessionCookie(t, env, alice, "whoami"), &cert).Connect(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	s, err := conn.Dial(ctx, "echo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	_ = s.SetDeadline(time.Now().Add(20 * time.Second))
-	br := bufio.NewReader(s)
-	if _, err := br.ReadString('\n'); err != nil {
-		t.Fatal(err)
-	}
-	_, err = br.ReadString('\n') // nothing moves: only the session's end can end this
+	_, _, br := echoStream(t, ctx, tunnelClient(t, env, sessionCookie(t, env, alice, "whoami"), &cert))
+	_, err := br.ReadString('\n') // nothing moves: only the session's end can end this
 	ended := time.Since(loggedIn)
 	var ce *tunnel.CutError
 	if !errors.As(err, &ce) || !strings.Contains(ce.Reason, "session ended") {

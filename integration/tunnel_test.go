@@ -43,6 +43,28 @@ func tunnelClientVia(t *testing.T, env *devenv.Env, cookie string, cert *tls.Cer
 	return c
 }
 
+// echoStream connects c, opens a stream to the echo app and reads its
+// greeting; both close when the test ends. The stream's deadline is 20 s.
+func echoStream(t *testing.T, ctx context.Context, c *tunnel.Client) (*tunnel.Conn, net.Conn, *bufio.Reader) {
+	t.Helper()
+	conn, err := c.Connect(ctx)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	s, err := conn.Dial(ctx, "echo")
+	if err != nil {
+		t.Fatalf("dial echo: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	_ = s.SetDeadline(time.Now().Add(20 * time.Second))
+	br := bufio.NewReader(s)
+	if _, err := br.ReadString('\n'); err != nil {
+		t.Fatalf("echo greeting: %v", err)
+	}
+	return conn, s, br
+}
+
 // closedUDPAddr is a loopback UDP address with no listener.
 func closedUDPAddr(t *testing.T) string {
 	t.Helper()
