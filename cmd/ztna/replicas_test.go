@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
+
 	"github.com/ztna-dev/ztna/authn"
 	"github.com/ztna-dev/ztna/internal/bus"
 	redisstore "github.com/ztna-dev/ztna/internal/store/redis"
@@ -140,7 +142,8 @@ func (p *replicaProcess) status(t *testing.T, cookie string) int {
 // TestServeReplicasShareRedis runs two `ztna serve` processes with
 // store.backend redis on one real redis-server: alice signs in through A
 // (the real OIDC flow) and her session works on B; an admin signing her
-// out on B ends her live streaming response on A within a second; a
+// out on B ends her live WebSocket and streaming response on A within a
+// second; a
 // revocation announced on the bus by a third party is refused by both at
 // once (not after their 30 s session cache); while Redis is down a session
 // neither read recently gets 503; a replica killed and started again
@@ -155,6 +158,19 @@ func TestServeReplicasShareRedis(t *testing.T) {
 		t.Fatal(err)
 	}
 	streamer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/ws" { // a WebSocket echo
+			c, err := (&websocket.Upgrader{}).Upgrade(w, r, nil)
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			for {
+				mt, m, err := c.ReadMessage()
+				if err != nil || c.WriteMessage(mt, m) != nil {
+					return
+				}
+			}
+		}
 		w.Header().Set("Content-Type", "text/event-stream")
 		for {
 			if _, err := io.WriteString(w, "data: tick\n\n"); err != nil {
@@ -180,7 +196,32 @@ func TestServeReplicasShareRedis(t *testing.T) {
 	if code := b.status(t, cookie); code != http.StatusOK {
 		t.Fatalf("alice's session from A on B: %d, want 200", code)
 	}
-	// A live streaming response on A; an admin signs alice out on B.
+	// A live WebSocket and a live streaming response on A; an admin signs
+	// alice out on B.
+	dialer := &websocket.Dialer{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, HandshakeTimeout: 5 * time.Second,
+		NetDialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, a.https)
+		}}
+	ws, _, err := dialer.Dial("wss://app2.test/ws", http.Header{"Cookie": {authn.SessionCookie + "=" + cookie}})
+	if err != nil {
+		t.Fatalf("WebSocket on A: %v", err)
+	}
+	defer ws.Close()
+	if err := ws.WriteMessage(websocket.TextMessage, []byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	if _, m, err := ws.ReadMessage(); err != nil || string(m) != "hi" {
+		t.Fatalf("WebSocket echo on A: %q, %v", m, err)
+	}
+	wsEnded := make(chan time.Time, 1)
+	go func() {
+		for {
+			if _, _, err := ws.ReadMessage(); err != nil {
+				wsEnded <- time.Now()
+				return
+			}
+		}
+	}()
 	req, _ := http.NewRequest("GET", "https://app2.test/stream", nil)
 	req.Header.Set("Accept", "text/event-stream")
 	req.AddCookie(&http.Cookie{Name: authn.SessionCookie, Value: cookie})
@@ -219,6 +260,16 @@ func TestServeReplicasShareRedis(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the stream on A outlived the sign-out on B")
+	}
+	select {
+	case at := <-wsEnded:
+		if d := at.Sub(start); d > time.Second {
+			t.Errorf("the WebSocket on A closed %v after the sign-out on B, want ≤ 1 s", d)
+		} else {
+			t.Logf("signed out on B → WebSocket on A closed after %v", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the WebSocket on A outlived the sign-out on B")
 	}
 	if code := a.status(t, cookie); code != http.StatusUnauthorized {
 		t.Errorf("the signed-out session on A: %d, want 401", code)
