@@ -3,6 +3,9 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"fmt"
 	"html"
@@ -27,6 +30,8 @@ import (
 	"github.com/ztna-dev/ztna/internal/bus"
 	redisstore "github.com/ztna-dev/ztna/internal/store/redis"
 	"github.com/ztna-dev/ztna/internal/store/redistest"
+	"github.com/ztna-dev/ztna/posture"
+	"github.com/ztna-dev/ztna/proxy"
 )
 
 // replicaProcess is one `ztna serve` process.
@@ -145,7 +150,8 @@ func (p *replicaProcess) status(t *testing.T, cookie string) int {
 // out on B ends her live WebSocket and streaming response on A within a
 // second; a
 // revocation announced on the bus by a third party is refused by both at
-// once (not after their 30 s session cache); while Redis is down a session
+// once (not after their 30 s session cache); a device quarantined by a
+// signal to A is refused by B; while Redis is down a session
 // neither read recently gets 503; a replica killed and started again
 // serves with its state intact.
 func TestServeReplicasShareRedis(t *testing.T) {
@@ -185,8 +191,14 @@ func TestServeReplicasShareRedis(t *testing.T) {
 		}
 	}))
 	t.Cleanup(streamer.Close)
+	signalsToken := strings.Repeat("s", 40)
+	signalsFile := filepath.Join(f.dir, "signals-token")
+	if err := os.WriteFile(signalsFile, []byte(signalsToken), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cfg := f.config("  - name: app2\n    host: app2.test\n    upstream: "+streamer.URL+"\n    rules:\n      - name: everyone\n") +
-		fmt.Sprintf("store:\n  backend: redis\n  redis:\n    addrs: [%q]\n    key_prefix: %q\nadmin:\n  token_file: %s\n", srv.Addr(), prefix, tokenFile)
+		fmt.Sprintf("store:\n  backend: redis\n  redis:\n    addrs: [%q]\n    key_prefix: %q\nadmin:\n  token_file: %s\nsignals:\n  token_file: %s\n",
+			srv.Addr(), prefix, tokenFile, signalsFile)
 	f.write(t, cfg)
 	a := startReplica(t, f.cfgPath)
 	b := startReplica(t, f.cfgPath)
@@ -319,6 +331,62 @@ func TestServeReplicasShareRedis(t *testing.T) {
 		}
 	}
 	t.Logf("revocation refused by both replicas within %v", time.Since(start).Round(time.Millisecond))
+
+	// A device enrolled through the shared store (as replica A's enrollment
+	// would) is known to B; quarantined by a signal to A, B refuses it.
+	cookie3 := newSession().ID
+	ca, err := posture.LoadOrCreateDeviceCA(filepath.Join(f.dir, "data", "device-ca.pem"), filepath.Join(f.dir, "data", "device-ca-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proof, err := posture.SignEnrollProof(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, der, err := posture.NewDevices(rs, ca, nil).EnrollFor(ctx, "u-alice", &key.PublicKey, "laptop", "linux", proof, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	withDevice := func(p *replicaProcess) int {
+		c := p.client(t, nil, false)
+		c.Transport.(*http.Transport).TLSClientConfig.Certificates = []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}
+		req, _ := http.NewRequest("GET", "https://app.test/x", nil)
+		req.Header.Set("Accept", "application/json")
+		req.AddCookie(&http.Cookie{Name: authn.SessionCookie, Value: cookie3})
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := withDevice(b); code != http.StatusOK {
+		t.Fatalf("the enrolled device on B: %d, want 200", code)
+	}
+	signal, _ := http.NewRequest("POST", "https://auth.test"+proxy.PathSignals,
+		strings.NewReader(fmt.Sprintf(`{"source":"crowdstrike","severity":"critical","device_id":%q,"reason":"test: alert on A"}`, dev.ID)))
+	signal.Header.Set("Authorization", "Bearer "+signalsToken)
+	signal.Header.Set("Content-Type", "application/json")
+	resp, err = a.client(t, nil, false).Do(signal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("the signal on A: %d", resp.StatusCode)
+	}
+	start = time.Now()
+	for withDevice(b) != http.StatusForbidden {
+		if time.Since(start) > time.Second {
+			t.Fatal("B still serves a device quarantined on A a second ago")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("quarantined by a signal on A → refused by B within %v", time.Since(start).Round(time.Millisecond))
 
 	// Redis down: a session neither replica read is "unavailable", not
 	// "signed out", and not allowed.
