@@ -3,6 +3,7 @@ package integration
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -177,5 +178,67 @@ func TestReplicasRedisOutage(t *testing.T) {
 	})
 	if r := appGet(t, a, "whoami", "/?format=json", cookie); r.StatusCode != http.StatusOK {
 		t.Errorf("after the outage on A: %d", r.StatusCode)
+	}
+}
+
+// TestReplicasRecordTheirPolicy: each replica records the policy version
+// it serves in the shared store; the admin API of either lists both, and a
+// reload on one shows up as a different version until the other reloads.
+func TestReplicasRecordTheirPolicy(t *testing.T) {
+	a, b, _ := replicaPair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// policy is what env's admin API says: its own version and every
+	// replica's, by replica.
+	policy := func(env *devenv.Env) (string, map[string]string) {
+		t.Helper()
+		req := newRequest(t, http.MethodGet, env.AuthOrigin+proxy.PathPolicy, nil, asAPI)
+		req.Header.Set("Authorization", "Bearer "+env.AdminToken)
+		r := do(t, newClient(t, env), req)
+		if r.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %d %.200s", proxy.PathPolicy, r.StatusCode, r.Body)
+		}
+		var out struct {
+			Version  string               `json:"version"`
+			Replicas []proxy.PolicyRecord `json:"replicas"`
+		}
+		if err := json.Unmarshal(r.Body, &out); err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]string{}
+		for _, rec := range out.Replicas {
+			m[rec.Replica] = rec.Version
+		}
+		return out.Version, m
+	}
+	va, got := policy(b)
+	if len(got) != 2 || got[""] != "" {
+		t.Fatalf("replicas recorded %v, want two", got)
+	}
+	for replica, v := range got {
+		if v != va {
+			t.Errorf("replica %s serves %s, want %s like B", replica, v, va)
+		}
+	}
+	cfg := currentConfig(a)
+	for i := range cfg.Apps {
+		if cfg.Apps[i].Name == "echo" {
+			cfg.Apps[i].Rules = nil
+		}
+	}
+	if err := a.Edge.Apply(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	na, _ := policy(a)
+	_, got = policy(b)
+	if na == va {
+		t.Fatal("the reload did not change A's policy version")
+	}
+	seen := map[string]bool{}
+	for _, v := range got {
+		seen[v] = true
+	}
+	if !seen[na] || !seen[va] {
+		t.Errorf("after a reload on A only, the replicas serve %v; want one on %s and one on %s", got, na, va)
 	}
 }

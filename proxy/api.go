@@ -25,6 +25,7 @@ const (
 	PathSignals      = "/api/signals"       // generic JSON signal
 	PathSignalsFalco = "/api/signals/falco" // Falcosidekick webhook output
 	PathQuarantine   = "/api/quarantine"    // admin: list quarantines
+	PathPolicy       = "/api/policy"        // admin: the policy version each replica serves
 	pathDevicesAPI   = "/api/devices/"      // admin: /api/devices/ID/{quarantine,release,revoke}
 	pathUsersAPI     = "/api/users/"        // admin: /api/users/ID/{release,refresh,sign-out}
 	apiPrefix        = "/api/"
@@ -36,7 +37,7 @@ func (e *Edge) serveAPI(w http.ResponseWriter, r *http.Request, st *State) {
 	switch p := r.URL.Path; {
 	case p == PathSignals || p == PathSignalsFalco:
 		err = e.serveSignal(w, r, st)
-	case p == PathQuarantine || strings.HasPrefix(p, pathDevicesAPI) || strings.HasPrefix(p, pathUsersAPI):
+	case p == PathQuarantine || p == PathPolicy || strings.HasPrefix(p, pathDevicesAPI) || strings.HasPrefix(p, pathUsersAPI):
 		err = e.serveAdmin(w, r, st)
 	default:
 		err = httperr.New(http.StatusNotFound, "not_found", "No such API.")
@@ -205,6 +206,16 @@ func deviceIDs(ds []*posture.Device) []string {
 func (e *Edge) serveAdmin(w http.ResponseWriter, r *http.Request, st *State) error {
 	if err := bearer(w, r, st.adminToken, "admin"); err != nil {
 		return err
+	}
+	if r.URL.Path == PathPolicy {
+		if r.Method != http.MethodGet {
+			return httperr.New(http.StatusMethodNotAllowed, "method_not_allowed", "GET the policy versions.")
+		}
+		recs, err := e.PolicyRecords(r.Context())
+		if err != nil {
+			return err
+		}
+		return writeJSON(w, http.StatusOK, map[string]any{"version": st.policy.Version(), "replica": e.opts.Bus.ID(), "replicas": recs})
 	}
 	if r.URL.Path == PathQuarantine {
 		if r.Method != http.MethodGet {

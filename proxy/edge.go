@@ -69,6 +69,8 @@ type Edge struct {
 	stop     context.CancelFunc // stops the pool janitor and the posture watcher
 	janitorW sync.WaitGroup
 
+	policySince atomic.Value // time.Time: when the serving policy version was applied
+
 	mu      sync.Mutex // serialises Apply
 	state   atomic.Pointer[State]
 	version uint64
@@ -148,6 +150,9 @@ func (e *Edge) janitor(ctx context.Context) {
 			return
 		case now := <-t.C:
 			e.pools.sweep(now)
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			e.recordPolicy(rctx)
+			cancel()
 		}
 	}
 }
@@ -205,7 +210,11 @@ func (e *Edge) apply(ctx context.Context, cfg *Config) (err error) {
 	if old == nil || old.policy.Version() != st.policy.Version() {
 		e.metrics.policyInfo.Reset()
 		e.metrics.policyInfo.WithLabelValues(st.policy.Version()).Set(1)
+		e.policySince.Store(time.Now())
 		e.opts.Bus.Publish(bus.Policy, st.policy.Version())
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		e.recordPolicy(rctx)
+		cancel()
 	}
 	if old != nil {
 		e.live.reevaluate(st.policy, "policy changed")

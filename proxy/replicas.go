@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"encoding/json"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -100,4 +101,52 @@ func (h replicaEvents) Resync() {
 	if err := e.reports.Load(ctx); err != nil {
 		e.logger.Error("resync: posture reports not reread", "err", err)
 	}
+}
+
+// The policy each replica serves is recorded in the store, so that after a
+// GitOps change an operator sees whether every replica runs the new version
+// (GET /api/policy). A record expires unless its replica renews it, so a
+// replica that is gone drops out.
+const (
+	bucketPolicyApplied = "policy_applied"
+	policyRecordTTL     = 10 * time.Minute
+)
+
+// PolicyRecord is one replica's policy version.
+type PolicyRecord struct {
+	Replica string    `json:"replica"`
+	Version string    `json:"version"`
+	Since   time.Time `json:"since"` // when this replica started serving it
+	Seen    time.Time `json:"seen"`  // when it last renewed the record
+}
+
+// recordPolicy writes this replica's record (after a policy change, and
+// from the janitor so it does not expire).
+func (e *Edge) recordPolicy(ctx context.Context) {
+	st := e.state.Load()
+	if st == nil {
+		return
+	}
+	since, _ := e.policySince.Load().(time.Time)
+	rec := PolicyRecord{Replica: e.opts.Bus.ID(), Version: st.policy.Version(), Since: since, Seen: time.Now()}
+	b, err := json.Marshal(rec)
+	if err == nil {
+		err = e.opts.Store.Put(ctx, bucketPolicyApplied, rec.Replica, b, policyRecordTTL)
+	}
+	if err != nil {
+		e.logger.Warn("policy version not recorded in the store", "err", err)
+	}
+}
+
+// PolicyRecords lists the replicas' policy versions from the store.
+func (e *Edge) PolicyRecords(ctx context.Context) ([]PolicyRecord, error) {
+	var out []PolicyRecord
+	err := e.opts.Store.List(ctx, bucketPolicyApplied, "", func(_ string, v []byte) bool {
+		var r PolicyRecord
+		if json.Unmarshal(v, &r) == nil {
+			out = append(out, r)
+		}
+		return len(out) < 1000
+	})
+	return out, err
 }

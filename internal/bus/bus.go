@@ -62,6 +62,8 @@ type Bus interface {
 	Connected() (ok bool, downSince time.Time)
 	// Close stops delivery and waits for the bus's goroutines.
 	Close() error
+	// ID names this replica (random per process; "local" for one replica).
+	ID() string
 }
 
 // errBadEvent is wrapped by every decode error.
@@ -97,3 +99,4 @@ type Local struct{}
 func (Local) Publish(string, string)       {}
 func (Local) Connected() (bool, time.Time) { return true, time.Time{} }
 func (Local) Close() error                 { return nil }
+func (Local) ID() string                   { return "local" }
