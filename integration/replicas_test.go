@@ -3,9 +3,9 @@ package integration
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"strings"
