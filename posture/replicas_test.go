@@ -88,6 +88,24 @@ func TestRegistriesAcrossReplicas(t *testing.T) {
 		if err := other.Refresh(ctx, rdev.ID); err != nil || len(seen) != 1 { // nothing newer: no hook
 			t.Fatalf("a second refresh: %v, hooks %v", err, seen)
 		}
+		// An EDR vendor's check-in reaches the other replica too.
+		checkedIn := now.Add(-time.Minute).Truncate(time.Millisecond)
+		if err := book.CheckIn(ctx, rdev.ID, "falcon-sensor", checkedIn, now); err != nil {
+			t.Fatal(err)
+		}
+		if err := other.Refresh(ctx, rdev.ID); err != nil {
+			t.Fatal(err)
+		}
+		if ev := other.Evidence(rdev.ID); ev == nil || !ev.CheckIns["falcon-sensor"].Equal(checkedIn) || ev.Report.Counter != 7 {
+			t.Fatalf("b's evidence after the check-in on a: %+v", ev)
+		}
+		fresh := NewReports(st, ReportsConfig{}) // a replica starting now
+		if err := fresh.Load(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if ev := fresh.Evidence(rdev.ID); ev == nil || !ev.CheckIns["falcon-sensor"].Equal(checkedIn) {
+			t.Fatalf("a starting replica's evidence: %+v", ev)
+		}
 
 		// Quarantine.
 		qa, _ := newTestQuarantine(t, st)

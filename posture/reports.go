@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 const (
 	bucketReportLatest  = "posture_latest"  // device ID → latestRecord
 	bucketReportHistory = "posture_history" // device ID ":" counter (20 digits) → latestRecord
+	bucketEDRCheckIn    = "edr_checkin"     // device ID ":" EDR name → check-in time (RFC 3339)
 )
 
 // Report book defaults.
@@ -81,7 +83,7 @@ func (b *Reports) Refresh(ctx context.Context, id string) error {
 	}
 	v, err := b.st.Get(ctx, bucketReportLatest, id)
 	if errors.Is(err, store.ErrNotFound) {
-		return nil
+		return b.loadCheckIns(ctx, id+":")
 	}
 	if err != nil {
 		return fmt.Errorf("posture: refresh report of %s: %w", id, err)
@@ -89,21 +91,20 @@ func (b *Reports) Refresh(ctx context.Context, id string) error {
 	ev, err := decodeLatest(v)
 	if err != nil || ev.Report.DeviceID != id {
 		b.logger.Warn("stored posture report unreadable or of another device; ignored", "device", id, "err", err)
-		return nil
+		return b.loadCheckIns(ctx, id+":")
 	}
 	b.submitMu.Lock()
-	defer b.submitMu.Unlock()
-	if ev.Report.Counter <= b.counter(id) {
-		return nil
+	if ev.Report.Counter > b.counter(id) {
+		nv := b.swap(id, func(old *Evidence) *Evidence {
+			if old != nil {
+				ev.CheckIns = old.CheckIns
+			}
+			return ev
+		})
+		b.notify(id, nv)
 	}
-	nv := b.swap(id, func(old *Evidence) *Evidence {
-		if old != nil {
-			ev.CheckIns = old.CheckIns
-		}
-		return ev
-	})
-	b.notify(id, nv)
-	return nil
+	b.submitMu.Unlock()
+	return b.loadCheckIns(ctx, id+":")
 }
 
 // ReportsConfig configures a Reports. Zero values select the defaults.
@@ -187,7 +188,7 @@ func (b *Reports) Load(ctx context.Context) error {
 		}
 	}
 	b.mu.Unlock()
-	return nil
+	return b.loadCheckIns(ctx, "")
 }
 
 func decodeLatest(v []byte) (*Evidence, error) {
@@ -291,10 +292,24 @@ func (b *Reports) swap(id string, next func(old *Evidence) *Evidence) *Evidence 
 // contact with its management server at the edge's time at (an
 // edr_checkin signal). A check-in older than the one recorded is ignored;
 // one in the future is recorded as now.
-func (b *Reports) CheckIn(deviceID, edr string, at, now time.Time) {
+func (b *Reports) CheckIn(ctx context.Context, deviceID, edr string, at, now time.Time) error {
 	if at.IsZero() || at.After(now) {
 		at = now
 	}
+	// Stored first, so every replica (and a restart) knows it; then told.
+	if err := b.st.Put(ctx, bucketEDRCheckIn, deviceID+":"+edr, []byte(at.UTC().Format(time.RFC3339Nano)), LatestTTL); err != nil {
+		return fmt.Errorf("posture: store EDR check-in: %w", err)
+	}
+	b.recordCheckIn(deviceID, edr, at)
+	if b.announce != nil {
+		b.announce(bus.Report, deviceID)
+	}
+	return nil
+}
+
+// recordCheckIn keeps a check-in in memory (unless a later one is there)
+// and runs the update hooks.
+func (b *Reports) recordCheckIn(deviceID, edr string, at time.Time) {
 	ev := b.swap(deviceID, func(old *Evidence) *Evidence {
 		nv := &Evidence{}
 		if old != nil {
@@ -311,6 +326,28 @@ func (b *Reports) CheckIn(deviceID, edr string, at, now time.Time) {
 		return nv
 	})
 	b.notify(deviceID, ev)
+}
+
+// loadCheckIns reads the stored check-ins of the devices whose IDs start
+// with prefix ("" for all) into memory; newer ones than memory holds run
+// the update hooks.
+func (b *Reports) loadCheckIns(ctx context.Context, prefix string) error {
+	err := b.st.List(ctx, bucketEDRCheckIn, prefix, func(key string, v []byte) bool {
+		id, edr, ok := strings.Cut(key, ":")
+		at, err := time.Parse(time.RFC3339Nano, string(v))
+		if !ok || err != nil || checkDeviceID(id) != nil {
+			return true
+		}
+		if ev := b.Evidence(id); ev != nil && !ev.CheckIns[edr].Before(at) {
+			return true
+		}
+		b.recordCheckIn(id, edr, at)
+		return true
+	})
+	if err != nil {
+		return fmt.Errorf("posture: load EDR check-ins: %w", err)
+	}
+	return nil
 }
 
 // Forget drops the device's evidence, e.g. when it is revoked. Its stored

@@ -161,17 +161,17 @@ func TestReportsCheckIn(t *testing.T) {
 		ctx := context.Background()
 		book, dev, sign := newReportsFixture(t, st)
 		now := time.Now()
-		book.CheckIn(dev.ID, "falcon-sensor", now.Add(-time.Minute), now)
+		book.CheckIn(ctx, dev.ID, "falcon-sensor", now.Add(-time.Minute), now)
 		ev := book.Evidence(dev.ID)
 		if ev == nil || ev.Report != nil || !ev.CheckIns["falcon-sensor"].Equal(now.Add(-time.Minute)) {
 			t.Fatalf("after check-in: %+v", ev)
 		}
 		// Older check-ins do not move it back; future ones count as now.
-		book.CheckIn(dev.ID, "falcon-sensor", now.Add(-time.Hour), now)
+		book.CheckIn(ctx, dev.ID, "falcon-sensor", now.Add(-time.Hour), now)
 		if got := book.Evidence(dev.ID).CheckIns["falcon-sensor"]; !got.Equal(now.Add(-time.Minute)) {
 			t.Errorf("older check-in moved it to %v", got)
 		}
-		book.CheckIn(dev.ID, "falcon-sensor", now.Add(time.Hour), now)
+		book.CheckIn(ctx, dev.ID, "falcon-sensor", now.Add(time.Hour), now)
 		if got := book.Evidence(dev.ID).CheckIns["falcon-sensor"]; !got.Equal(now) {
 			t.Errorf("future check-in recorded as %v", got)
 		}

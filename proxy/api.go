@@ -112,7 +112,9 @@ func (e *Edge) serveSignal(w http.ResponseWriter, r *http.Request, st *State) er
 			return httperr.New(http.StatusNotFound, "unknown_device", "No enrolled device matches the signal's device_id or hostname.")
 		}
 		for _, d := range devs {
-			e.reports.CheckIn(d.ID, sig.EDR, sig.Time, received)
+			if err := e.reports.CheckIn(r.Context(), d.ID, sig.EDR, sig.Time, received); err != nil {
+				return err
+			}
 		}
 		return outcome("checkin", nil)
 	}
