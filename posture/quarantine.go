@@ -144,6 +144,11 @@ type Quarantine struct {
 	onChange   []func(e QuarantineEntry, released bool)
 
 	announce func(kind, key string) // tells the other replicas; nil: one replica
+
+	// unstored holds the isolations the store refused (by store key): they
+	// are in memory only, so Load keeps them (and tries to store them
+	// again) rather than releasing a subject because the store lost it.
+	unstored map[string]QuarantineEntry
 }
 
 // Announce sets how this registry tells the edge's other replicas that it
@@ -325,8 +330,13 @@ func (q *Quarantine) Isolate(ctx context.Context, e QuarantineEntry) (isNew bool
 	q.mu.Unlock()
 
 	if storeErr != nil {
+		if q.unstored == nil {
+			q.unstored = make(map[string]QuarantineEntry)
+		}
+		q.unstored[key] = e
 		q.logger.Error("quarantine not stored; isolated on this replica only", "entry", e, "err", storeErr)
 	} else {
+		delete(q.unstored, key)
 		q.logger.Info("quarantined", "entry", e, "new", !havePrev)
 	}
 	q.notify(e, false)
@@ -393,6 +403,7 @@ func (q *Quarantine) Release(ctx context.Context, kind, id, by string) (Quaranti
 	mem, inMemory := q.memory(kind)[id]
 	delete(q.memory(kind), id)
 	q.mu.Unlock()
+	delete(q.unstored, key)
 	if !inStore && !inMemory {
 		return QuarantineEntry{}, false, nil
 	}
@@ -441,6 +452,21 @@ func (q *Quarantine) Load(ctx context.Context) error {
 	})
 	if err != nil {
 		return fmt.Errorf("posture: load quarantine: %w", err)
+	}
+	// Isolations only this replica knows (the store refused them) stay,
+	// and are stored now if the store takes them.
+	for key, e := range q.unstored {
+		target := devices
+		if e.Kind == QuarantineUser {
+			target = users
+		}
+		if _, ok := target[e.ID]; !ok {
+			target[e.ID] = e
+		}
+		if b, err := json.Marshal(&e); err == nil && q.st.Put(ctx, bucketQuarantine, key, b, 0) == nil {
+			delete(q.unstored, key)
+			q.tellReplicas()
+		}
 	}
 
 	q.mu.Lock()

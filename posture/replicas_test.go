@@ -2,6 +2,7 @@ package posture
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync"
 	"testing"
@@ -124,4 +125,56 @@ func TestRegistriesAcrossReplicas(t *testing.T) {
 			t.Fatal("b does not see the quarantine after loading")
 		}
 	})
+}
+
+// refusingStore refuses writes while refuse is set.
+type refusingStore struct {
+	store.Store
+	mu     sync.Mutex
+	refuse bool
+}
+
+func (s *refusingStore) set(refuse bool) { s.mu.Lock(); s.refuse = refuse; s.mu.Unlock() }
+
+func (s *refusingStore) Put(ctx context.Context, bucket, key string, v []byte, ttl time.Duration) error {
+	s.mu.Lock()
+	refuse := s.refuse
+	s.mu.Unlock()
+	if refuse {
+		return errors.New("store unavailable")
+	}
+	return s.Store.Put(ctx, bucket, key, v, ttl)
+}
+
+// TestQuarantineSurvivesAStoreFailure: an isolation the store refused is
+// kept in memory; reloading from the store (another replica's event, a
+// resync) does not release it, and stores it once the store takes writes.
+func TestQuarantineSurvivesAStoreFailure(t *testing.T) {
+	ctx := context.Background()
+	st := &refusingStore{Store: newQuarantineMemoryStore(t)}
+	q, _ := newTestQuarantine(t, st)
+	st.set(true)
+	if _, err := q.Isolate(ctx, deviceEntry("dev-x", "EDR alert")); err == nil {
+		t.Fatal("Isolate reported success with the store refusing writes")
+	}
+	if _, ok := q.Device("dev-x"); !ok {
+		t.Fatal("not isolated locally")
+	}
+	if err := q.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := q.Device("dev-x"); !ok {
+		t.Fatal("a reload released an isolation the store had refused")
+	}
+	st.set(false)
+	if err := q.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	other, _ := newTestQuarantine(t, st)
+	if err := other.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := other.Device("dev-x"); !ok {
+		t.Fatal("the isolation was not stored once the store took writes")
+	}
 }
