@@ -136,3 +136,37 @@ func TestRedisBus(t *testing.T) {
 		return len(eb) == 4 && eb[3].Kind == Policy && eb[3].Key == "v2"
 	})
 }
+
+// TestRedisBusOnCluster: on a real 3-node Redis Cluster (go-redis's
+// cluster client; PUBLISH is broadcast to every node, whichever one the
+// publisher and the subscriber talk to), an event reaches the other
+// replica and not the publisher.
+func TestRedisBusOnCluster(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	open := func(h Handler) *Redis {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		rs, err := redisstore.Open(ctx, redisstore.Config{Addrs: c.Addrs(), KeyPrefix: "ztna:"}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { rs.Close() })
+		b := NewRedis(rs.Client(), rs.Prefix()+"events", nil)
+		t.Cleanup(func() { b.Close() })
+		b.Start(context.Background(), h)
+		waitUntil(t, "the subscription", func() bool { ok, _ := b.Connected(); return ok })
+		return b
+	}
+	var ra, rb recorder
+	a := open(&ra)
+	open(&rb)
+	a.Publish(SessionRevoked, "k-cluster")
+	waitUntil(t, "the event across the cluster", func() bool {
+		eb, _ := rb.snapshot()
+		return len(eb) == 1 && eb[0].Key == "k-cluster"
+	})
+	if ea, _ := ra.snapshot(); len(ea) != 0 {
+		t.Errorf("the publisher received its own event: %+v", ea)
+	}
+}
