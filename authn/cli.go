@@ -456,13 +456,29 @@ func (c *CLILogin) exchange(ctx context.Context, code, verifier, redirectURI str
 // postCLIForm posts form to u and returns the status and the (bounded)
 // body, within 30 seconds.
 func postCLIForm(ctx context.Context, hc *http.Client, u string, form url.Values) (int, []byte, error) {
+	return postCLI(ctx, hc, u, form, "")
+}
+
+// postCLI posts form (nil: no body) to u, with bearer as the
+// Authorization if set, and returns the status and the (bounded) body,
+// within 30 seconds.
+func postCLI(ctx context.Context, hc *http.Client, u string, form url.Values, bearer string) (int, []byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, strings.NewReader(form.Encode()))
+	var reqBody io.Reader
+	if form != nil {
+		reqBody = strings.NewReader(form.Encode())
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, reqBody)
 	if err != nil {
 		return 0, nil, err
 	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if form != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
 	req.Header.Set("Accept", "application/json")
 	if hc == nil {
 		hc = http.DefaultClient
@@ -639,23 +655,12 @@ func (c *CLIDeviceLogin) Run(ctx context.Context) (*CLIToken, error) {
 func RevokeCLISession(ctx context.Context, hc *http.Client, sess *CLISession) error {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, sess.Edge+PathCLILogout, nil)
+	status, _, err := postCLI(ctx, hc, sess.Edge+PathCLILogout, nil, sess.Token)
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Authorization", "Bearer "+sess.Token)
-	req.Header.Set("Accept", "application/json")
-	if hc == nil {
-		hc = http.DefaultClient
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxCLITokenReply))
-	if resp.StatusCode != http.StatusNoContent {
-		return fmt.Errorf("the edge answered HTTP %d", resp.StatusCode)
+	if status != http.StatusNoContent {
+		return fmt.Errorf("the edge answered HTTP %d", status)
 	}
 	return nil
 }
@@ -768,10 +773,16 @@ func LoadCLISession(dir string, now time.Time) (*CLISession, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !sess.ExpiresAt.IsZero() && !now.Before(sess.ExpiresAt) {
+	if sess.Expired(now) {
 		return nil, fmt.Errorf("the session of %s expired at %s: run 'ztna tunnel login' again", sess.User, sess.ExpiresAt.Local().Format(time.RFC3339))
 	}
 	return sess, nil
+}
+
+// Expired reports whether the session had ended at now (the edge ended
+// it then too).
+func (s *CLISession) Expired(now time.Time) bool {
+	return !s.ExpiresAt.IsZero() && !now.Before(s.ExpiresAt)
 }
 
 // ReadCLISession reads dir/CLISessionFile as LoadCLISession does, expired

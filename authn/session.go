@@ -176,9 +176,7 @@ type Sessions struct {
 	onRevoke   []func(key string)
 	onUpdate   []func(s *Session)
 
-	// announce tells the edge's other replicas (bus.Bus.Publish); nil: a
-	// single replica.
-	announce func(kind, key string)
+	announce bus.Publisher // tells the edge's other replicas
 
 	wg      sync.WaitGroup // background touches
 	touchMu sync.Mutex     // serialises last-seen write-backs
@@ -213,13 +211,7 @@ func (m *Sessions) OnUpdate(fn func(s *Session)) {
 // Announce sets how this keeper tells the edge's other replicas about a
 // session it revoked (bus.SessionRevoked) or updated (bus.SessionUpdated),
 // after the store has the change: a bus's Publish. Call it before use.
-func (m *Sessions) Announce(publish func(kind, key string)) { m.announce = publish }
-
-func (m *Sessions) tellReplicas(kind, key string) {
-	if m.announce != nil {
-		m.announce(kind, key)
-	}
-}
+func (m *Sessions) Announce(publish bus.Publisher) { m.announce = publish }
 
 // Forget applies another replica's revocation of the session with key:
 // the cached copy is dropped and, unless the store still holds the session
@@ -382,7 +374,7 @@ func (m *Sessions) Update(ctx context.Context, s *Session) error {
 		return fmt.Errorf("update session %s: %w", s.Ref(), err)
 	}
 	m.runUpdateHooks(s)
-	m.tellReplicas(bus.SessionUpdated, s.Key)
+	m.announce.Tell(bus.SessionUpdated, s.Key)
 	return nil
 }
 
@@ -408,7 +400,7 @@ func (m *Sessions) Revoke(ctx context.Context, key string) error {
 	}
 	m.drop(key)
 	m.notify(key)
-	m.tellReplicas(bus.SessionRevoked, key)
+	m.announce.Tell(bus.SessionRevoked, key)
 	return nil
 }
 

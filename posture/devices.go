@@ -128,13 +128,13 @@ type Devices struct {
 	onRevokeMu sync.RWMutex
 	onRevoke   []func(deviceID string)
 
-	announce func(kind, key string) // tells the other replicas; nil: one replica
+	announce bus.Publisher // tells the other replicas
 }
 
 // Announce sets how this registry tells the edge's other replicas about a
 // device it revoked (bus.DeviceRevoked), after the store has the
 // tombstone. Call it before use.
-func (d *Devices) Announce(publish func(kind, key string)) { d.announce = publish }
+func (d *Devices) Announce(publish bus.Publisher) { d.announce = publish }
 
 // Forget applies another replica's revocation of device id: the cached
 // copy is dropped and, unless the store shows the device live, the revoke
@@ -293,9 +293,7 @@ func (d *Devices) Revoke(ctx context.Context, id, reason string) error {
 	delete(d.cache, id)
 	d.mu.Unlock()
 	d.notify(id)
-	if d.announce != nil {
-		d.announce(bus.DeviceRevoked, id)
-	}
+	d.announce.Tell(bus.DeviceRevoked, id)
 	return nil
 }
 

@@ -143,7 +143,7 @@ type Quarantine struct {
 	onChangeMu sync.RWMutex
 	onChange   []func(e QuarantineEntry, released bool)
 
-	announce func(kind, key string) // tells the other replicas; nil: one replica
+	announce bus.Publisher // tells the other replicas
 
 	// unstored holds the isolations the store refused (by store key): they
 	// are in memory only, so Load keeps them (and tries to store them
@@ -154,13 +154,7 @@ type Quarantine struct {
 // Announce sets how this registry tells the edge's other replicas that it
 // changed (bus.Quarantine), after the store has the change; they Load.
 // Call it before use.
-func (q *Quarantine) Announce(publish func(kind, key string)) { q.announce = publish }
-
-func (q *Quarantine) tellReplicas() {
-	if q.announce != nil {
-		q.announce(bus.Quarantine, "")
-	}
-}
+func (q *Quarantine) Announce(publish bus.Publisher) { q.announce = publish }
 
 // NewQuarantine returns an empty registry over st; call Load to read the
 // stored entries. A nil logger discards.
@@ -343,7 +337,7 @@ func (q *Quarantine) Isolate(ctx context.Context, e QuarantineEntry) (isNew bool
 	if storeErr != nil {
 		return !havePrev, fmt.Errorf("posture: store quarantine of %s %s: %w", e.Kind, e.ID, storeErr)
 	}
-	q.tellReplicas()
+	q.announce.Tell(bus.Quarantine, "")
 	return !havePrev, nil
 }
 
@@ -417,7 +411,7 @@ func (q *Quarantine) Release(ctx context.Context, kind, id, by string) (Quaranti
 	}
 	q.logger.Info("quarantine released", "entry", e, "by", cleanReason(by), "since", e.At)
 	q.notify(e, true)
-	q.tellReplicas()
+	q.announce.Tell(bus.Quarantine, "")
 	return e, true, nil
 }
 
@@ -465,7 +459,7 @@ func (q *Quarantine) Load(ctx context.Context) error {
 		}
 		if b, err := json.Marshal(&e); err == nil && q.st.Put(ctx, bucketQuarantine, key, b, 0) == nil {
 			delete(q.unstored, key)
-			q.tellReplicas()
+			q.announce.Tell(bus.Quarantine, "")
 		}
 	}
 

@@ -65,13 +65,13 @@ type Reports struct {
 	onUpdateMu sync.RWMutex
 	onUpdate   []func(deviceID string, ev *Evidence)
 
-	announce func(kind, key string) // tells the other replicas; nil: one replica
+	announce bus.Publisher // tells the other replicas
 }
 
 // Announce sets how this book tells the edge's other replicas about a
 // report it accepted (bus.Report), after the store has it; they Refresh.
 // Call it before use.
-func (b *Reports) Announce(publish func(kind, key string)) { b.announce = publish }
+func (b *Reports) Announce(publish bus.Publisher) { b.announce = publish }
 
 // Refresh applies another replica's acceptance of a report from device
 // id: the stored latest report replaces this book's if its counter is
@@ -265,9 +265,7 @@ func (b *Reports) Submit(ctx context.Context, dev *Device, wire []byte, now time
 		return nv
 	})
 	b.notify(dev.ID, ev)
-	if b.announce != nil {
-		b.announce(bus.Report, dev.ID)
-	}
+	b.announce.Tell(bus.Report, dev.ID)
 	return ev, nil
 }
 
@@ -301,9 +299,7 @@ func (b *Reports) CheckIn(ctx context.Context, deviceID, edr string, at, now tim
 		return fmt.Errorf("posture: store EDR check-in: %w", err)
 	}
 	b.recordCheckIn(deviceID, edr, at)
-	if b.announce != nil {
-		b.announce(bus.Report, deviceID)
-	}
+	b.announce.Tell(bus.Report, deviceID)
 	return nil
 }
 

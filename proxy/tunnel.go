@@ -247,11 +247,9 @@ func (e *Edge) serveTunnelLink(ctx context.Context, conn tunnelLink) {
 		return
 	}
 	// The edge ends the connection. Every stream reports its cut first
-	// ("closed" frames, resets), then "bye" says why the connection ends;
-	// the client hangs up when it reads it. Closing the connection before
-	// that would discard what is still unsent, so the edge waits for the
-	// client a moment (the edge listener closes it anyway on drain and at
-	// the maximum connection duration).
+	// ("closed" frames, resets), then "bye" says why the connection ends
+	// (the edge listener closes it anyway on drain and at the maximum
+	// connection duration).
 	streams.Wait()
 	reason, code, byeCode := "the edge is going away", tunnel.CodeGoingAway, tunnel.ByeGoingAway
 	var c *cut
@@ -263,13 +261,21 @@ func (e *Edge) serveTunnelLink(ctx context.Context, conn tunnelLink) {
 	case errors.Is(cause, edge.ErrDraining), errors.Is(cause, edge.ErrMaxConnectionDuration):
 		reason = cause.Error()
 	}
-	tc.send(tunnel.Frame{Type: tunnel.FrameBye, Code: byeCode, Reason: reason})
+	tc.hangUp(tunnel.Frame{Type: tunnel.FrameBye, Code: byeCode, Reason: reason}, code, reason)
+}
+
+// hangUp sends the last control frame (bye, or an error), finishes the
+// control stream and gives the client a moment to read it and hang up
+// itself — closing the connection at once would discard what is unsent —
+// then closes the connection.
+func (tc *tunnelConn) hangUp(last tunnel.Frame, code quic.ApplicationErrorCode, reason string) {
+	tc.send(last)
 	_ = tc.ctrl.CloseWrite()
 	select {
-	case <-conn.done():
+	case <-tc.link.done():
 	case <-time.After(tunnelByeWait):
 	}
-	conn.close(code, reason)
+	tc.link.close(code, reason)
 }
 
 // tunnelHello reads the client's hello and answers welcome, or an error
@@ -292,16 +298,7 @@ func (e *Edge) tunnelHello(ctx context.Context, conn tunnelLink) (*tunnelConn, b
 	_, h2 := conn.(*h2Link)
 	tc := &tunnelConn{link: conn, ctrl: ctrl, client: conn.remoteAddr(), h2: h2}
 	refuse := func(code, msg string) (*tunnelConn, bool) {
-		tc.send(tunnel.Frame{Type: tunnel.FrameError, Code: code, Message: msg})
-		// Closing the connection drops unsent stream data: finish the
-		// control stream and give the client a moment to read the frame
-		// and hang up itself.
-		_ = ctrl.CloseWrite()
-		select {
-		case <-conn.done():
-		case <-time.After(tunnelByeWait):
-		}
-		conn.close(tunnel.CodeAuthFailed, code)
+		tc.hangUp(tunnel.Frame{Type: tunnel.FrameError, Code: code, Message: msg}, tunnel.CodeAuthFailed, code)
 		e.logger.Info("tunnel refused", "client", conn.remoteAddr().String(), "code", code)
 		return nil, false
 	}

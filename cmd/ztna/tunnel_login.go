@@ -220,7 +220,7 @@ Flags:
 	switch {
 	case readErr != nil:
 		revokeErr = readErr
-	case !sess.ExpiresAt.IsZero() && !time.Now().Before(sess.ExpiresAt):
+	case sess.Expired(time.Now()):
 		// Expired: the edge has ended it already.
 	default:
 		hc, err := edgeHTTPClient(*caFile)

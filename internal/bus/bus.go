@@ -66,6 +66,18 @@ type Bus interface {
 	ID() string
 }
 
+// Publisher is how a registry tells the other replicas about a change it
+// made (a Bus's Publish). The zero value, nil, is a single replica: there
+// is nobody to tell, and Tell does nothing.
+type Publisher func(kind, key string)
+
+// Tell publishes the event, if there is anyone to tell.
+func (p Publisher) Tell(kind, key string) {
+	if p != nil {
+		p(kind, key)
+	}
+}
+
 // errBadEvent is wrapped by every decode error.
 var errBadEvent = errors.New("bus: bad event")
 
