@@ -70,6 +70,9 @@ type ServiceOptions struct {
 	IsAppHost func(hostport string) bool
 	Pages     Pages
 	Logger    *slog.Logger
+	// Directory records every user who signs in and applies the
+	// attributes admins set on them; nil → identities are the IdP's alone.
+	Directory *Directory
 	// Now is the clock (tests); nil → time.Now.
 	Now func() time.Time
 }
@@ -319,6 +322,10 @@ func (s *Service) callback(w http.ResponseWriter, r *http.Request) error {
 		he.Hint = "Open the app again to sign in."
 		he.Cause = err
 		return he
+	}
+	// Fail closed: an override may be what takes access away.
+	if id, err = s.opts.Directory.Seen(ctx, id); err != nil {
+		return fmt.Errorf("record user in directory: %w", err)
 	}
 	sess, err := s.sessions.Create(r.Context(), id, toks)
 	if err != nil {
@@ -581,6 +588,9 @@ func (s *Service) refreshSession(ctx context.Context, sess *Session) error {
 			return ErrNoSession
 		}
 		return err
+	}
+	if id, err = s.opts.Directory.Seen(ctx, id); err != nil {
+		return fmt.Errorf("record user in directory: %w", err)
 	}
 	cp := *sess
 	cp.Identity = id

@@ -41,19 +41,7 @@ func (p *Policy) Explain(r Request) Explanation {
 		x.Decision = d
 		return x
 	}
-	groupWhy := make(map[int32]string)
-	m, err := p.computeMembership(&r.Subject, r.Device, func(g int32, member bool, via string, from int32) {
-		switch {
-		case via == viaInclude:
-			groupWhy[g] = "includes group " + strconv.Quote(p.groups[from].name) + ", which the user is in"
-		case via == viaMember:
-			groupWhy[g] = "listed in members"
-		case via == viaIdP:
-			groupWhy[g] = "includes an IdP group claim the user has"
-		case member:
-			groupWhy[g] = "condition is true"
-		}
-	})
+	m, groupWhy, err := p.membershipWhy(&r.Subject, r.Device)
 	if err != nil {
 		x.Decision = Decision{Reason: "group membership could not be evaluated"}
 		return x
@@ -86,19 +74,64 @@ func (p *Policy) Explain(r Request) Explanation {
 		x.Rules = append(x.Rules, re)
 	})
 	for _, g := range p.relevantGroups(a) {
-		grp := p.groups[g]
-		ge := GroupExplanation{Name: grp.name, Member: m.has(g)}
-		if ge.Member {
-			ge.Why = groupWhy[g]
-			if grp.when != nil && ge.Why == "condition is true" {
-				ge.Why = grp.when.Explain(&attrs)
-			}
-		} else {
-			ge.Why = p.whyNot(grp, &attrs)
-		}
-		x.Groups = append(x.Groups, ge)
+		x.Groups = append(x.Groups, p.explainGroup(g, m, groupWhy, &attrs))
 	}
 	return x
+}
+
+// membershipWhy is the subject's membership with, per group it is in, how
+// it got there.
+func (p *Policy) membershipWhy(s *Subject, d *Device) (*membership, map[int32]string, error) {
+	groupWhy := make(map[int32]string)
+	m, err := p.computeMembership(s, d, func(g int32, member bool, via string, from int32) {
+		switch {
+		case via == viaInclude:
+			groupWhy[g] = "includes group " + strconv.Quote(p.groups[from].name) + ", which the user is in"
+		case via == viaMember:
+			groupWhy[g] = "listed in members"
+		case via == viaIdP:
+			groupWhy[g] = "includes an IdP group claim the user has"
+		case member:
+			groupWhy[g] = "condition is true"
+		}
+	})
+	return m, groupWhy, err
+}
+
+func (p *Policy) explainGroup(g int32, m *membership, groupWhy map[int32]string, attrs *Attrs) GroupExplanation {
+	grp := p.groups[g]
+	ge := GroupExplanation{Name: grp.name, Member: m.has(g)}
+	if ge.Member {
+		ge.Why = groupWhy[g]
+		if grp.when != nil && ge.Why == "condition is true" {
+			ge.Why = grp.when.Explain(attrs)
+		}
+	} else {
+		ge.Why = p.whyNot(grp, attrs)
+	}
+	return ge
+}
+
+// ExplainGroups says, for every group of the policy in policy order (or
+// only those named in only, when it is not empty), whether and why s on
+// device d is a member: the console's group previews and user pages.
+func (p *Policy) ExplainGroups(s Subject, d *Device, only ...string) ([]GroupExplanation, error) {
+	if p == nil {
+		return nil, nil
+	}
+	m, why, err := p.membershipWhy(&s, d)
+	if err != nil {
+		return nil, err
+	}
+	attrs := attrsOf(&s, d)
+	var out []GroupExplanation
+	for g := range p.groups {
+		if len(only) > 0 && !slices.Contains(only, p.groups[g].name) {
+			continue
+		}
+		out = append(out, p.explainGroup(int32(g), m, why, &attrs))
+	}
+	return out, nil
 }
 
 // whyNot explains a group the subject is not in.

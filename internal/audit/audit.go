@@ -3,8 +3,12 @@
 // and how long the decision took. Events are JSON lines, written by a
 // background writer so the request path never waits on the log's I/O.
 //
-// It never records secrets: sessions appear as a short, non-reversible
-// reference, never as the cookie value.
+// A Log may also keep the most recent events in memory (Recent, attached
+// with Keep) so the admin console can search this replica's recent
+// decisions; the JSON-lines sink stays the authoritative record.
+//
+// It never records secrets, in the sink or in memory: sessions appear as a
+// short, non-reversible reference, never as the cookie value.
 package audit
 
 import (
@@ -14,6 +18,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -57,6 +62,8 @@ type Log struct {
 
 	closeMu sync.RWMutex // Record holds it to read; Close to close the queue
 	closed  bool
+
+	recent atomic.Pointer[Recent] // nil: no in-memory copy (see Keep)
 }
 
 // New starts a writer of JSON lines to w. Flush interval is how often
@@ -76,10 +83,23 @@ func New(w io.Writer, flushEvery time.Duration, logger *slog.Logger) *Log {
 	return l
 }
 
+// Keep makes Record also add every event to r, for the console to search.
+// Set it when wiring the Log; it is safe at any time, but events recorded
+// before it are not kept. A nil r stops keeping events.
+func (l *Log) Keep(r *Recent) { l.recent.Store(r) }
+
 // Record queues e. It never blocks. An event recorded after Close (a
 // connection still finishing while the process shuts down) is counted as
 // dropped rather than crashing the process.
+//
+// With Keep, e also goes to the Recent ring first, whether or not the
+// writer's queue has room: the console shows every decision this replica
+// made recently, even those the sink had to drop (which Dropped counts and
+// the log warns about).
 func (l *Log) Record(e Event) {
+	if r := l.recent.Load(); r != nil {
+		r.Add(e)
+	}
 	l.closeMu.RLock()
 	defer l.closeMu.RUnlock()
 	if l.closed {

@@ -64,6 +64,7 @@ func (e *FieldError) Error() string {
 type Doc struct {
 	name string
 	root *yaml.Node // the document's content; nil only for the zero Doc
+	data []byte     // the bytes parsed, for Data and Span; never modified
 }
 
 // File returns the name the Doc was loaded under.
@@ -100,7 +101,7 @@ func Parse(name string, data []byte, out any) (*Doc, error) {
 	if len(data) > MaxFileSize {
 		return nil, &FieldError{File: name, Msg: fmt.Sprintf("file is larger than the %d MiB limit", MaxFileSize>>20)}
 	}
-	d := &Doc{name: name}
+	d := &Doc{name: name, data: bytes.Clone(data)}
 
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node

@@ -1,0 +1,162 @@
+package groups
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/ztna-dev/ztna/internal/store"
+)
+
+// Store-managed policy. With policy.source "store" the groups and app rules
+// live in the shared store as numbered versions, each with its author and
+// message: the console edits them, every version can be diffed with any
+// other, and a revert is a new version with an old one's content. Nothing
+// is ever rewritten; version N+1 is written only if it does not exist yet,
+// so of two admins saving at once one gets ErrPolicyConflict.
+
+// bucketPolicyVersions holds one record per version, keyed by its number
+// zero-padded so that the store's key order is the version order.
+const bucketPolicyVersions = "policy_versions"
+
+// Limits on stored policy history.
+const (
+	maxVersionMessage = 1024
+	maxVersionsListed = 1000
+)
+
+// ErrPolicyConflict means another version was saved since the one an edit
+// started from.
+var ErrPolicyConflict = errors.New("the policy was changed meanwhile")
+
+// Version is one saved policy.
+type Version struct {
+	N       int       `json:"n"`
+	Author  string    `json:"author"`
+	Message string    `json:"message"`
+	At      time.Time `json:"at"`
+	// RevertOf is the version whose content this one restores (0: none).
+	RevertOf int  `json:"revert_of,omitempty"`
+	Policy   File `json:"policy"`
+}
+
+// Source returns the version's policy as a Source to compile.
+func (v *Version) Source() *Source {
+	var s Source
+	s.AddGroups(nil, "groups", v.Policy.Groups)
+	for i, ar := range v.Policy.Apps {
+		s.AddApp(nil, fmt.Sprintf("apps[%d]", i), "app", ar)
+	}
+	return &s
+}
+
+// YAML renders the version's policy as a policy file.
+func (v *Version) YAML() string { return FileYAML(&v.Policy) }
+
+// FileYAML renders a policy file.
+func FileYAML(f *File) string {
+	var b bytes.Buffer
+	enc := yaml.NewEncoder(&b)
+	enc.SetIndent(2)
+	if err := enc.Encode(f); err != nil {
+		return "# " + err.Error() + "\n"
+	}
+	_ = enc.Close()
+	return b.String()
+}
+
+// Versions is the store-managed policy history.
+type Versions struct {
+	st  store.Store
+	now func() time.Time
+}
+
+// NewVersions returns the history kept in st.
+func NewVersions(st store.Store) *Versions { return &Versions{st: st, now: time.Now} }
+
+func versionKey(n int) string { return fmt.Sprintf("%010d", n) }
+
+// Get returns version n, or store.ErrNotFound.
+func (v *Versions) Get(ctx context.Context, n int) (*Version, error) {
+	b, err := v.st.Get(ctx, bucketPolicyVersions, versionKey(n))
+	if err != nil {
+		return nil, err
+	}
+	var ver Version
+	if err := json.Unmarshal(b, &ver); err != nil {
+		return nil, fmt.Errorf("policy version %d: %w", n, err)
+	}
+	return &ver, nil
+}
+
+// Head returns the newest version, or store.ErrNotFound when none was saved.
+func (v *Versions) Head(ctx context.Context) (*Version, error) {
+	last := ""
+	if err := v.st.List(ctx, bucketPolicyVersions, "", func(k string, _ []byte) bool { last = k; return true }); err != nil {
+		return nil, fmt.Errorf("policy versions: %w", err)
+	}
+	if last == "" {
+		return nil, store.ErrNotFound
+	}
+	n, err := strconv.Atoi(strings.TrimLeft(last, "0"))
+	if err != nil {
+		return nil, fmt.Errorf("policy versions: bad key %q", last)
+	}
+	return v.Get(ctx, n)
+}
+
+// List returns up to 1,000 versions, newest first, without their policies.
+func (v *Versions) List(ctx context.Context) ([]*Version, error) {
+	var out []*Version
+	err := v.st.List(ctx, bucketPolicyVersions, "", func(_ string, b []byte) bool {
+		var ver Version
+		if json.Unmarshal(b, &ver) == nil {
+			ver.Policy = File{}
+			out = append(out, &ver)
+		}
+		return true
+	})
+	if err != nil {
+		return nil, fmt.Errorf("policy versions: %w", err)
+	}
+	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+		out[i], out[j] = out[j], out[i]
+	}
+	if len(out) > maxVersionsListed {
+		out = out[:maxVersionsListed]
+	}
+	return out, nil
+}
+
+// Commit saves p as the version after parent (0: the first version). The
+// caller has compiled p; Commit checks only the history: it fails with
+// ErrPolicyConflict when version parent+1 exists already.
+func (v *Versions) Commit(ctx context.Context, parent int, p File, author, message string, revertOf int) (*Version, error) {
+	message = strings.TrimSpace(message)
+	if message == "" {
+		return nil, errors.New("a change needs a message")
+	}
+	if len(message) > maxVersionMessage {
+		return nil, fmt.Errorf("the message is longer than %d bytes", maxVersionMessage)
+	}
+	ver := &Version{N: parent + 1, Author: author, Message: message, At: v.now().UTC(), RevertOf: revertOf, Policy: p}
+	b, err := json.Marshal(ver)
+	if err != nil {
+		return nil, err
+	}
+	ok, err := v.st.PutIfAbsent(ctx, bucketPolicyVersions, versionKey(ver.N), b, 0)
+	if err != nil {
+		return nil, fmt.Errorf("save policy version %d: %w", ver.N, err)
+	}
+	if !ok {
+		return nil, fmt.Errorf("%w: version %d was saved by someone else; reload and redo the change", ErrPolicyConflict, ver.N)
+	}
+	return ver, nil
+}
