@@ -14,7 +14,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/ztna-dev/ztna/authn"
 	"github.com/ztna-dev/ztna/internal/audit"
 	"github.com/ztna-dev/ztna/internal/httperr"
 	"github.com/ztna-dev/ztna/posture"
@@ -247,62 +246,36 @@ func (e *Edge) serveAdmin(w http.ResponseWriter, r *http.Request, st *State) err
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
+	api := actor{via: "api"}
 	switch {
 	case action == "release":
-		q, found, err := e.quarantine.Release(ctx, kind, id, "admin API")
+		q, err := e.release(ctx, api, kind, id, req.Reason)
 		if err != nil {
 			return err
 		}
-		if !found {
-			return httperr.New(http.StatusNotFound, "not_quarantined", "That "+kind+" is not quarantined.")
-		}
-		e.metrics.releases.WithLabelValues("admin").Inc()
-		e.opts.Audit.Record(audit.Event{Time: time.Now(), Kind: "admin", Decision: "release", Device: deviceOf(q), User: userOf(q), Reason: req.Reason})
 		return writeJSON(w, http.StatusOK, map[string]any{"released": q})
-	case kind == posture.QuarantineDevice && (action == "quarantine" || action == "revoke"):
-		if e.devices == nil {
-			return httperr.New(http.StatusNotFound, "not_found", "Device trust is not enabled on this edge.")
-		}
-		if _, err := e.devices.Get(ctx, id); err != nil {
-			if errors.Is(err, posture.ErrNoDevice) {
-				return httperr.New(http.StatusNotFound, "unknown_device", "No such device.")
-			}
+	case kind == posture.QuarantineDevice && action == "quarantine":
+		if err := e.isolate(ctx, api, kind, id, req.Reason, req.Fix); err != nil {
 			return err
 		}
-		reason := strings.TrimSpace(req.Reason)
-		if reason == "" {
-			return httperr.BadRequest("Give a reason: it is shown to the user and kept in the audit log.", errors.New("no reason"))
+		return writeJSON(w, http.StatusOK, map[string]any{action: id})
+	case kind == posture.QuarantineDevice && action == "revoke":
+		if err := e.revokeDevice(ctx, api, id, req.Reason); err != nil {
+			return err
 		}
-		if action == "revoke" {
-			if err := e.devices.Revoke(ctx, id, reason); err != nil {
-				return err
-			}
-		} else {
-			q := posture.QuarantineEntry{Kind: kind, ID: id, Reason: reason, Fix: req.Fix, Source: "admin", Severity: posture.SeverityCritical, At: time.Now()}
-			if _, err := e.quarantine.Isolate(ctx, q); err != nil {
-				if errors.Is(err, posture.ErrInvalidQuarantine) {
-					return httperr.BadRequest("The quarantine was not accepted: "+strings.TrimPrefix(err.Error(), posture.ErrInvalidQuarantine.Error()+": "), err)
-				}
-				return err
-			}
-		}
-		e.opts.Audit.Record(audit.Event{Time: time.Now(), Kind: "admin", Decision: action, Device: id, Reason: reason})
 		return writeJSON(w, http.StatusOK, map[string]any{action: id})
 	case kind == posture.QuarantineUser && action == "sign-out":
-		// Every session of the user ends, on every replica: their live
-		// connections close and every device must sign in again.
-		n, err := e.sessions.RevokeMatching(ctx, func(x *authn.Session) bool { return x.Identity.Subject == id })
+		n, err := e.signOut(ctx, api, id, req.Reason)
 		if err != nil {
 			return err
 		}
-		e.opts.Audit.Record(audit.Event{Time: time.Now(), Kind: "admin", Decision: "sign-out", User: id, Reason: req.Reason})
 		return writeJSON(w, http.StatusOK, map[string]any{"user": id, "ended": n})
 	case kind == posture.QuarantineUser && action == "refresh":
 		// A role change at the IdP (or the directory behind it) takes
 		// effect now: every session of the user refreshes its tokens and
 		// attributes, and each refresh re-decides its live connections.
 		refreshed, ended, err := st.auth.RefreshUser(ctx, id)
-		e.opts.Audit.Record(audit.Event{Time: time.Now(), Kind: "admin", Decision: "refresh", User: id, Reason: req.Reason})
+		e.auditAdmin(api, "refresh", id, "", req.Reason)
 		if err != nil && refreshed == 0 && ended == 0 {
 			return &httperr.Error{Status: http.StatusBadGateway, Code: "refresh_failed", Title: "Refresh failed",
 				Message: "The IdP could not be asked for the user's attributes.", Cause: err}

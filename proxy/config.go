@@ -71,6 +71,9 @@ type Config struct {
 	// Store says where shared state lives: bolt for one replica, Redis for
 	// several. Read at start.
 	Store StoreConfig `yaml:"store"`
+	// Console configures the admin console, which an app with
+	// `builtin: console` serves.
+	Console ConsoleConfig `yaml:"console"`
 
 	// sourceHash is the SHA-256 of the file the config was loaded from
 	// and of the policy dir's files (nil for configs built in code): the
@@ -78,10 +81,27 @@ type Config struct {
 	sourceHash []byte
 	// doc is the parsed file, so that policy errors name its lines.
 	doc *config.Doc
-	// policy is the policy compiled when the config was validated, and
-	// policyHash the hash of policy.dir's files it was compiled from.
+	// policy is the policy compiled when the config was validated from
+	// policySrc (the config file's groups and rules and policy.dir's), and
+	// policyHash the hash of policy.dir's files. policyOpt is what every
+	// policy is checked against (apps, profiles, GeoIP), also the store's.
 	policy     *groups.Policy
+	policySrc  *groups.Source
+	policyOpt  groups.Options
 	policyHash []byte
+}
+
+// ConsoleConfig configures the admin console (see README, "Admin
+// console"). Who may use it is the console app's rules: GET for viewing,
+// POST for changes.
+type ConsoleConfig struct {
+	// OwnerGroups name the groups whose members own the console: only an
+	// owner may make a change that alters who can use the console (the
+	// console app's rules, the groups they name, a user's attributes that
+	// move them in or out), and nobody, owner or not, may make a change
+	// that widens their own access to it. Empty → nobody can make such a
+	// change from the console: it is made in the config file.
+	OwnerGroups []string `yaml:"owner_groups"`
 }
 
 // StoreConfig selects the shared state's backend.
@@ -93,6 +113,13 @@ type StoreConfig struct {
 	// Redis is where the redis backend connects.
 	Redis redisstore.Config `yaml:"redis"`
 }
+
+// Policy sources and builtin apps.
+const (
+	PolicyFiles    = "files"
+	PolicyStore    = "store"
+	BuiltinConsole = "console"
+)
 
 // Store backends.
 const (
@@ -108,6 +135,13 @@ type PolicyConfig struct {
 	// an invalid change is rejected whole and the previous policy keeps
 	// serving. "" → policy only from this file.
 	Dir string `yaml:"dir"`
+	// Source is "files" (the default: GitOps — the config file and Dir
+	// are the policy, and the console shows it read-only and exports
+	// proposed changes as diffs of those files) or "store" (the policy
+	// lives in the store as numbered versions the console edits, with
+	// author and message, diffable and revertible; the files' groups and
+	// rules only seed the first version).
+	Source string `yaml:"source"`
 	// GeoIPFile is a MaxMind-format country database (GeoLite2-Country or
 	// GeoIP2-Country .mmdb) for rules with countries. "" → rules may not
 	// use countries. Read with the policy.
@@ -248,6 +282,10 @@ type AppConfig struct {
 	UpstreamCAFile string `yaml:"upstream_ca_file"`
 	// Rules decide who may use the app. Empty → nobody.
 	Rules []groups.Rule `yaml:"rules"`
+	// Builtin serves one of the edge's own apps at Host instead of an
+	// upstream: "console" is the admin console. Its rules decide who may
+	// use it like any app's. "" → an upstream app.
+	Builtin string `yaml:"builtin"`
 	// PostureProfile names the posture profile (posture.profiles) every
 	// request to the app must satisfy, which also means it must come from
 	// an enrolled device. "" → no posture requirement (a quarantined
@@ -439,8 +477,14 @@ func (c *Config) check() *fieldError {
 	default:
 		return &fieldError{"log.format", "must be json or text"}
 	}
+	switch c.Policy.Source {
+	case "", PolicyFiles, PolicyStore:
+	default:
+		return &fieldError{"policy.source", `must be "files" or "store"`}
+	}
 	names := map[string]bool{}
 	routes := map[string]bool{}
+	consoles := 0
 	for i := range c.Apps {
 		a := &c.Apps[i]
 		at := func(f string) string { return fmt.Sprintf("apps[%d].%s", i, f) }
@@ -461,6 +505,18 @@ func (c *Config) check() *fieldError {
 		}
 		if (a.UpstreamClientCertFile == "") != (a.UpstreamClientKeyFile == "") {
 			return &fieldError{at("upstream_client_cert_file"), "upstream_client_cert_file and upstream_client_key_file go together"}
+		}
+		switch a.Builtin {
+		case "":
+		case BuiltinConsole:
+			if a.Upstream != "" || a.TCP != "" || a.ProxyProtocol != "" || a.UpstreamCAFile != "" || a.UpstreamClientCertFile != "" || a.PreserveHost {
+				return &fieldError{at("builtin"), "a builtin app has no upstream, tcp, proxy_protocol or upstream TLS settings"}
+			}
+			if consoles++; consoles > 1 {
+				return &fieldError{at("builtin"), "only one app may serve the console"}
+			}
+		default:
+			return &fieldError{at("builtin"), `must be "console" or empty`}
 		}
 		if a.TCP != "" {
 			if a.Upstream != "" {
@@ -494,6 +550,9 @@ func (c *Config) check() *fieldError {
 			return &fieldError{at("path_prefix"), fmt.Sprintf("another app already serves %s%s", a.Host, a.PathPrefix)}
 		}
 		routes[a.Host+a.PathPrefix] = true
+		if a.Builtin != "" {
+			continue
+		}
 		u, err := url.Parse(a.Upstream)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "h2c") || u.Host == "" || u.User != nil {
 			return &fieldError{at("upstream"), "must be an http://, https:// or h2c:// URL with a host"}
@@ -511,9 +570,28 @@ func (c *Config) check() *fieldError {
 	return nil
 }
 
-// compilePolicy compiles the policy of the config file and policy.dir.
-// Errors name the file, line and field where the problem was written.
+// compilePolicy compiles the policy of the config file and policy.dir,
+// keeping its source and options. Errors name the file, line and field
+// where the problem was written.
 func (c *Config) compilePolicy() (*groups.Policy, error) {
+	src, err := c.loadPolicySource()
+	if err != nil {
+		return nil, err
+	}
+	if c.policyOpt, err = c.policyOptions(); err != nil {
+		return nil, err
+	}
+	p, err := groups.Compile(src, c.policyOpt)
+	if err != nil {
+		return nil, err
+	}
+	c.policySrc = src
+	return p, nil
+}
+
+// loadPolicySource reads the groups and rules of the config file and
+// policy.dir.
+func (c *Config) loadPolicySource() (*groups.Source, error) {
 	var src groups.Source
 	rules := make([]groups.AppRules, len(c.Apps))
 	for i, a := range c.Apps {
@@ -528,6 +606,11 @@ func (c *Config) compilePolicy() (*groups.Policy, error) {
 			return nil, err
 		}
 	}
+	return &src, nil
+}
+
+// policyOptions is what every policy of this config is checked against.
+func (c *Config) policyOptions() (groups.Options, error) {
 	opt := groups.Options{Apps: make([]string, len(c.Apps)), Profiles: make([]string, len(c.Posture.Profiles))}
 	for i, a := range c.Apps {
 		opt.Apps[i] = a.Name
@@ -538,12 +621,15 @@ func (c *Config) compilePolicy() (*groups.Policy, error) {
 	if c.Policy.GeoIPFile != "" {
 		geo, err := groups.OpenGeoIP(c.Policy.GeoIPFile)
 		if err != nil {
-			return nil, fmt.Errorf("policy.geoip_file: %w", err)
+			return opt, fmt.Errorf("policy.geoip_file: %w", err)
 		}
 		opt.GeoIP = geo
 	}
-	return groups.Compile(&src, opt)
+	return opt, nil
 }
+
+// PolicyFromStore reports whether the policy lives in the store.
+func (c *Config) PolicyFromStore() bool { return c.Policy.Source == PolicyStore }
 
 // PolicyError is a config rejected because of its policy.
 type PolicyError struct{ Err error }

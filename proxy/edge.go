@@ -16,6 +16,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/ztna-dev/ztna/authn"
+	"github.com/ztna-dev/ztna/groups"
 	"github.com/ztna-dev/ztna/internal/audit"
 	"github.com/ztna-dev/ztna/internal/bus"
 	"github.com/ztna-dev/ztna/internal/store"
@@ -23,6 +24,7 @@ import (
 	"github.com/ztna-dev/ztna/proxy/edge"
 	"github.com/ztna-dev/ztna/proxy/identity"
 	"github.com/ztna-dev/ztna/web"
+	"github.com/ztna-dev/ztna/web/console"
 )
 
 // Options are the edge's long-lived dependencies: they outlive reloads.
@@ -69,7 +71,11 @@ type Edge struct {
 	stop     context.CancelFunc // stops the pool janitor and the posture watcher
 	janitorW sync.WaitGroup
 
-	policySince atomic.Value // time.Time: when the serving policy version was applied
+	policySince atomic.Value     // time.Time: when the serving policy version was applied
+	versions    *groups.Versions // the store-managed policy (policy.source store)
+	directory   *authn.Directory // the users seen, with console-set attributes
+	recent      *audit.Recent    // this replica's recent audit events, for the console
+	console     http.Handler     // the admin console (apps with builtin: console)
 
 	mu      sync.Mutex // serialises Apply
 	state   atomic.Pointer[State]
@@ -97,6 +103,11 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Edge, error) {
 	}
 	e.assets = e.pages.Assets()
 	e.live = newLiveRegistry(e.logger)
+	e.versions = groups.NewVersions(opts.Store)
+	e.directory = authn.NewDirectory(opts.Store, e.sessions)
+	e.recent = audit.NewRecent(0)
+	opts.Audit.Keep(e.recent)
+	e.console = console.New(consoleBackend{e}, e.logger)
 	if err := e.startPosture(ctx, cfg); err != nil {
 		return nil, err
 	}
@@ -207,15 +218,7 @@ func (e *Edge) apply(ctx context.Context, cfg *Config) (err error) {
 	old := e.state.Swap(st)
 	e.metrics.reloads.WithLabelValues("applied").Inc()
 	e.metrics.configVersion.Set(float64(st.Version))
-	if old == nil || old.policy.Version() != st.policy.Version() {
-		e.metrics.policyInfo.Reset()
-		e.metrics.policyInfo.WithLabelValues(st.policy.Version()).Set(1)
-		e.policySince.Store(time.Now())
-		e.opts.Bus.Publish(bus.Policy, st.policy.Version())
-		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		e.recordPolicy(rctx)
-		cancel()
-	}
+	e.policyChanged(ctx, old, st)
 	if old != nil {
 		e.live.reevaluate(st.policy, "policy changed")
 		old.close()
@@ -234,6 +237,10 @@ func (e *Edge) Reports() *posture.Reports { return e.reports }
 
 // Quarantine returns the quarantine registry.
 func (e *Edge) Quarantine() *posture.Quarantine { return e.quarantine }
+
+// Directory returns the users the edge has seen, with the attributes
+// admins set on them.
+func (e *Edge) Directory() *authn.Directory { return e.directory }
 
 // Sessions returns the session keeper (admin actions, tests).
 func (e *Edge) Sessions() *authn.Sessions { return e.sessions }

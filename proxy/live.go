@@ -24,6 +24,7 @@ func (c *cut) Error() string { return c.reason }
 // a tunnel stream — or a tunnel connection itself (req.App == ""), which
 // only a session or device revocation or a quarantine ends.
 type liveEntry struct {
+	since   time.Time // set by register
 	sessKey string
 	device  string // "" when the client presented no device certificate
 	req     groups.Request
@@ -50,6 +51,7 @@ func newLiveRegistry(logger *slog.Logger) *liveRegistry {
 }
 
 func (l *liveRegistry) register(e *liveEntry) {
+	e.since = time.Now()
 	l.mu.Lock()
 	m := l.bySess[e.sessKey]
 	if m == nil {
@@ -205,6 +207,20 @@ func (l *liveRegistry) closeAll(reason string) {
 	for _, m := range all {
 		for e := range m {
 			e.cancel(&cut{reason: reason, goingAway: true})
+		}
+	}
+}
+
+// each calls fn for every live exchange, under the registry's lock (fn
+// must not block), until fn returns false.
+func (l *liveRegistry) each(fn func(*liveEntry) bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, m := range l.bySess {
+		for e := range m {
+			if !fn(e) {
+				return
+			}
 		}
 	}
 }

@@ -102,7 +102,11 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	// 6. forward
+	// 6. forward (the console is served here, not forwarded)
+	if a.Builtin == BuiltinConsole {
+		e.serveConsole(w, r, st, a, sess, req)
+		return
+	}
 	e.forward(w, r, st, a, sess, dev, req)
 }
 

@@ -79,6 +79,9 @@ func (h replicaEvents) Event(ev bus.Event) {
 			e.logger.Warn("posture report from another replica not reread", "device", ev.Key, "err", err)
 		}
 	case bus.Policy:
+		if err := e.SyncStoredPolicy(ctx); err != nil {
+			e.logger.Error("policy changed on another replica and could not be applied here", "err", err)
+		}
 		if mine := e.state.Load().policy.Version(); mine != ev.Key {
 			e.logger.Info("another replica applied another policy version", "theirs", ev.Key, "ours", mine)
 		}
@@ -100,6 +103,9 @@ func (h replicaEvents) Resync() {
 	e.metrics.quarantined.Set(float64(e.quarantine.Len()))
 	if err := e.reports.Load(ctx); err != nil {
 		e.logger.Error("resync: posture reports not reread", "err", err)
+	}
+	if err := e.SyncStoredPolicy(ctx); err != nil {
+		e.logger.Error("resync: stored policy not reread", "err", err)
 	}
 }
 

@@ -37,8 +37,12 @@ type State struct {
 	hosts    map[string][]*app // HTTP apps by host[:port], longest prefix first
 	apps     map[string]*app   // every app by name
 	policy   *groups.Policy
-	auth     *authn.Service
-	cert     *tls.Certificate
+	// policySrc is the serving policy as written, and policyN its store
+	// version (0 in files mode).
+	policySrc *groups.Source
+	policyN   int
+	auth      *authn.Service
+	cert      *tls.Certificate
 
 	profiles       map[string]*posture.CompiledProfile
 	profileNames   []string                 // sorted
@@ -88,7 +92,14 @@ func (e *Edge) compile(ctx context.Context, cfg *Config, version uint64) (*State
 	if cfg.policy == nil {
 		return nil, errors.New("policy not compiled: the config was not validated")
 	}
-	st.policy = cfg.policy
+	st.policy, st.policySrc = cfg.policy, cfg.policySrc
+	if cfg.PolicyFromStore() {
+		p, v, err := e.storedPolicy(ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
+		st.policy, st.policySrc, st.policyN = p, v.Source(), v.N
+	}
 	var err error
 	if st.profiles, err = posture.CompileProfiles(cfg.Posture.Profiles); err != nil {
 		return nil, fmt.Errorf("posture profiles: %w", err)
@@ -139,6 +150,7 @@ func (e *Edge) compile(ctx context.Context, cfg *Config, version uint64) (*State
 		IsAppHost:  st.isAppHost,
 		Pages:      e.pages,
 		Logger:     e.logger,
+		Directory:  e.directory,
 	})
 	return st, nil
 }
@@ -148,6 +160,10 @@ func (e *Edge) compileApp(ac AppConfig, cfg *Config) (*app, error) {
 		allowed: e.metrics.requests.WithLabelValues(ac.Name, "allow"),
 		denied:  e.metrics.requests.WithLabelValues(ac.Name, "deny")}
 	if ac.TCP != "" {
+		return a, nil
+	}
+	if ac.Builtin != "" {
+		a.hostPort = cfg.hostPort(ac.Host)
 		return a, nil
 	}
 	u, err := url.Parse(ac.Upstream)

@@ -40,7 +40,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	logger := newLogger(stderr, "text", *logLevel)
 	env, err := devenv.Start(ctx, devenv.Options{
 		DataDir: *dataDir, Listen: *listen, AdminListen: *admin, IdPListen: *idp,
-		Logger: logger, Audit: stderr, LocalDevice: true,
+		Logger: logger, Audit: stderr, LocalDevice: true, PolicySource: "store",
 	})
 	if err != nil {
 		return err
@@ -69,6 +69,8 @@ func printBanner(w io.Writer, env *devenv.Env, admin, cfgFile string) {
 	fmt.Fprintf(&b, "    %-40s shows what this machine fails and how to fix it\n", "")
 	fmt.Fprintf(&b, "    %-40s TCP echo app; greets you with the identity the edge signed\n", "echo ("+env.EchoAddr+")")
 	fmt.Fprintf(&b, "    %-40s (only the edge can connect: reach it through the tunnel, below)\n", "")
+	fmt.Fprintf(&b, "    %-40s admin console (sign in as admin): groups with live members, users,\n", env.AppURL("console")+"/")
+	fmt.Fprintf(&b, "    %-40s apps, devices, live sessions, audit log, what-if; policy kept in the store\n", "")
 	fmt.Fprintf(&b, "\n  Every app sits behind PROXY protocol v2: the page shows the identity verified\n")
 	fmt.Fprintf(&b, "  on its connection as well as the signed X-Ztna-Assertion header.\n")
 	fmt.Fprintf(&b, "\n  Edge login host   %s\n", env.AuthOrigin)
@@ -105,7 +107,9 @@ func printBanner(w io.Writer, env *devenv.Env, admin, cfgFile string) {
 	}
 	fmt.Fprintf(&b, "\n  Policy (groups by attribute; see %s): whoami lets engineering and finance in\n", cfgFile)
 	fmt.Fprintf(&b, "  (finance read-only); secure, soc and grc follow the seed's groups A, C and B; strict,\n")
-	fmt.Fprintf(&b, "  employees from a compliant device; echo, engineering; everyone else is denied.\n")
+	fmt.Fprintf(&b, "  employees from a compliant device; echo, engineering; console, ztna-admins (admin,\n")
+	fmt.Fprintf(&b, "  who also owns it); everyone else is denied. In the console, move bob to Security\n")
+	fmt.Fprintf(&b, "  Tech (Users → bob → attributes) and watch secure open for him.\n")
 	fmt.Fprintf(&b, "\nPress Ctrl-C to stop.\n")
 	fmt.Fprint(w, b.String())
 }

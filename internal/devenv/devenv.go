@@ -94,6 +94,10 @@ type Options struct {
 	// from it (tests: settings read only at start, such as session
 	// lifetimes).
 	Configure func(*proxy.Config)
+	// PolicySource is the config's policy.source: "" or "files" (the
+	// demo policy from the config, read-only in the console) or "store"
+	// (seeded from it, edited in the console; `ztna dev` sets it).
+	PolicySource string
 	// LocalDevice enrolls this machine for the first demo user (alice) and
 	// runs the agent in-process, reporting this machine's real posture
 	// (`ztna dev` sets it). Its state is kept in DataDir/agent.
@@ -181,6 +185,7 @@ func Start(ctx context.Context, o Options) (env *Env, err error) {
 	for _, app := range webApps {
 		hosts = append(hosts, app+"."+o.Domain)
 	}
+	hosts = append(hosts, "console."+o.Domain)
 	certFile, keyFile, caFile, err := ensureCerts(o.DataDir, hosts)
 	if err != nil {
 		return nil, err
@@ -332,6 +337,14 @@ func Start(ctx context.Context, o Options) (env *Env, err error) {
 		return nil, err
 	}
 	env.Edge = px
+	// The demo users are in the directory before they sign in, so the
+	// console's group previews list them from the start.
+	for _, u := range env.Users {
+		id := authn.Identity{Subject: u.Subject, Email: u.Email, Name: u.Name, Groups: u.Groups, Attributes: u.Attributes}
+		if err := px.Directory().Provision(ctx, id); err != nil {
+			return nil, fmt.Errorf("provision demo user %s: %w", u.Username, err)
+		}
+	}
 	if env.ConfigYAML, err = configYAML(cfg); err != nil {
 		return nil, err
 	}
@@ -518,7 +531,11 @@ func demoConfig(o Options, authHost string, port int, issuer string, upstreams m
 			{Name: "security", Description: "Everyone in security", Include: []string{"security-tech", "security-policy"}},
 			{Name: "employees", Description: "Staff: everyone with a department who is not external",
 				When: `user.department != "" and user.department != "External"`},
+			{Name: "ztna-admins", Description: "Console admins, as the IdP groups them", Include: []string{"idp:ztna-admins"}},
+			{Name: "ztna-owners", Description: "Console owners: may change who can use the console", Members: []string{"admin@example.com"}},
 		},
+		Console: proxy.ConsoleConfig{OwnerGroups: []string{"ztna-owners"}},
+		Policy:  proxy.PolicyConfig{Source: o.PolicySource},
 		Apps: []proxy.AppConfig{
 			{
 				Name: "whoami", Host: "whoami." + o.Domain, Upstream: "http://" + upstreams["whoami"], ProxyProtocol: "v2",
@@ -543,6 +560,10 @@ func demoConfig(o Options, authHost string, port int, issuer string, upstreams m
 				Name: "strict", Host: "strict." + o.Domain, Upstream: "http://" + upstreams["strict"], ProxyProtocol: "v2",
 				PostureProfile: "strict",
 				Rules:          []groups.Rule{{Name: "employees", Groups: []string{"engineering", "finance", "security"}}},
+			},
+			{
+				Name: "console", Host: "console." + o.Domain, Builtin: proxy.BuiltinConsole,
+				Rules: []groups.Rule{{Name: "admins", Groups: []string{"ztna-admins"}}},
 			},
 			{
 				Name: "echo", TCP: echoAddr, ProxyProtocol: "v2",
