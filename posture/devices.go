@@ -64,17 +64,23 @@ var (
 
 // Device is a registered device.
 type Device struct {
-	ID            string    `json:"id"`
-	UserID        string    `json:"user_id"` // the user who approved the enrollment
-	Name          string    `json:"name"`
-	Platform      string    `json:"platform"`
-	PublicKey     []byte    `json:"public_key"` // PKIX DER of the device key (ECDSA P-256)
-	EnrolledAt    time.Time `json:"enrolled_at"`
-	CertNotAfter  time.Time `json:"cert_not_after"`
-	CertSerial    string    `json:"cert_serial"` // lowercase hex of the current certificate's serial
-	Revoked       bool      `json:"revoked,omitempty"`
-	RevokedAt     time.Time `json:"revoked_at,omitzero"`
-	RevokedReason string    `json:"revoked_reason,omitempty"`
+	ID           string    `json:"id"`
+	UserID       string    `json:"user_id"` // the user who approved the enrollment
+	Name         string    `json:"name"`
+	Platform     string    `json:"platform"`
+	PublicKey    []byte    `json:"public_key"` // PKIX DER of the device key (ECDSA P-256)
+	EnrolledAt   time.Time `json:"enrolled_at"`
+	CertNotAfter time.Time `json:"cert_not_after"`
+	CertSerial   string    `json:"cert_serial"` // lowercase hex of the current certificate's serial
+	// PendingApproval: devices.admin_approval is on and no admin has
+	// approved the device yet. It may report its posture (so the admin
+	// sees it before deciding) but reaches no app.
+	PendingApproval bool      `json:"pending_approval,omitempty"`
+	ApprovedBy      string    `json:"approved_by,omitempty"`
+	ApprovedAt      time.Time `json:"approved_at,omitzero"`
+	Revoked         bool      `json:"revoked,omitempty"`
+	RevokedAt       time.Time `json:"revoked_at,omitzero"`
+	RevokedReason   string    `json:"revoked_reason,omitempty"`
 }
 
 // Key returns the device's public key.
@@ -113,6 +119,8 @@ type Devices struct {
 	now     func() time.Time
 	certTTL time.Duration
 	limiter *tokenBucket
+	// adminApproval: new devices wait for an admin (SetAdminApproval).
+	adminApproval bool
 
 	mu    sync.RWMutex
 	cache map[string]*cachedDevice
@@ -251,6 +259,44 @@ func (d *Devices) List(ctx context.Context, userID string) ([]*Device, error) {
 		return nil, fmt.Errorf("posture: list devices: %w", err)
 	}
 	return out, nil
+}
+
+// SetAdminApproval makes devices enrolled from now on wait for an admin's
+// approval (ApproveDevice) before they reach apps. Call it before use.
+func (d *Devices) SetAdminApproval(on bool) { d.adminApproval = on }
+
+// ErrNotPending means a device approval found nothing to approve.
+var ErrNotPending = errors.New("posture: device is not waiting for approval")
+
+// ApproveDevice lets a device that waits for an admin's approval reach
+// apps. On other replicas the approval applies within the device cache's
+// lifetime (10 s): approving only ever lets more in, so waiting is safe.
+func (d *Devices) ApproveDevice(ctx context.Context, id, by string) (*Device, error) {
+	if checkDeviceID(id) != nil {
+		return nil, ErrNoDevice
+	}
+	d.writeMu.Lock()
+	defer d.writeMu.Unlock()
+	dev, err := d.load(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, ErrNoDevice
+	}
+	if err != nil {
+		return nil, err
+	}
+	if dev.Revoked || !dev.PendingApproval {
+		return nil, ErrNotPending
+	}
+	dev.PendingApproval, dev.ApprovedBy, dev.ApprovedAt = false, by, d.now()
+	if err := d.save(ctx, dev); err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	d.epoch++
+	delete(d.cache, id)
+	d.mu.Unlock()
+	d.logger.Info("device approved", "device", id, "user", dev.UserID, "by", by)
+	return dev, nil
 }
 
 // Revoke revokes the device with the given ID: from now on Check refuses

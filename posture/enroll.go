@@ -496,6 +496,8 @@ func (d *Devices) createDevice(ctx context.Context, rec *enrollRecord, now time.
 			EnrolledAt:   now,
 			CertNotAfter: cert.NotAfter,
 			CertSerial:   cert.SerialNumber.Text(16),
+
+			PendingApproval: d.adminApproval,
 		}
 		b, err := json.Marshal(dev)
 		if err != nil {

@@ -92,6 +92,22 @@ func (e *Edge) revokeDevice(ctx context.Context, by actor, id, reason string) er
 	return nil
 }
 
+// approveDevice lets a device waiting for an admin's approval reach apps.
+func (e *Edge) approveDevice(ctx context.Context, by actor, id string) error {
+	if err := e.knownDevice(ctx, id); err != nil {
+		return err
+	}
+	d, err := e.devices.ApproveDevice(ctx, id, by.email)
+	if errors.Is(err, posture.ErrNotPending) {
+		return httperr.New(http.StatusConflict, "not_pending", "That device is not waiting for approval.")
+	}
+	if err != nil {
+		return err
+	}
+	e.auditAdmin(by, "approve-device", d.UserID, id, "")
+	return nil
+}
+
 func (e *Edge) knownDevice(ctx context.Context, id string) error {
 	if e.devices == nil {
 		return httperr.New(http.StatusNotFound, "not_found", "Device trust is not enabled on this edge.")

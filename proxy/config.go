@@ -159,6 +159,11 @@ type DevicesConfig struct {
 	// CertTTL is the lifetime of a device certificate; the agent renews it
 	// when a third of it is left. 0 → 24h. Read at start.
 	CertTTL time.Duration `yaml:"cert_ttl"`
+	// AdminApproval makes a newly enrolled device wait until an admin
+	// approves it in the console: it may report its posture meanwhile,
+	// but reaches no app. false → the user's approval of the enrollment
+	// code is enough. Read at start.
+	AdminApproval bool `yaml:"admin_approval"`
 }
 
 // PostureConfig configures posture checks.

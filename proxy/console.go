@@ -75,7 +75,9 @@ func (b consoleBackend) Policy() console.PolicyState {
 	return ps
 }
 
-func (b consoleBackend) Compile(src *groups.Source) (*groups.Policy, error) { return b.e.CompilePolicy(src) }
+func (b consoleBackend) Compile(src *groups.Source) (*groups.Policy, error) {
+	return b.e.CompilePolicy(src)
+}
 
 func (b consoleBackend) ExportDiff(c groups.Change) (string, error) {
 	st := b.e.state.Load()
@@ -220,6 +222,10 @@ func (b consoleBackend) Release(ctx context.Context, a console.Actor, kind, id s
 
 func (b consoleBackend) RevokeDevice(ctx context.Context, a console.Actor, id, reason string) error {
 	return b.e.revokeDevice(ctx, by(a), id, reason)
+}
+
+func (b consoleBackend) ApproveDevice(ctx context.Context, a console.Actor, id string) error {
+	return b.e.approveDevice(ctx, by(a), id)
 }
 
 // Live.

@@ -288,5 +288,10 @@ func (e *Edge) deviceOf(ctx context.Context, certs []*x509.Certificate, sess *au
 			Hint:    "Sign in as the device's user, or enroll this device for yourself.",
 			Cause:   fmt.Errorf("device %s belongs to %s, session is %s", d.ID, d.UserID, sess.Identity.Subject)}
 	}
+	if d.PendingApproval {
+		return "", &httperr.Error{Status: http.StatusForbidden, Code: "device_pending", Title: "Device waiting for approval",
+			Message: "This device is enrolled but waits for an admin to approve it before it reaches apps.",
+			Hint:    "Ask IT to approve device " + d.ID + " in the admin console; access works as soon as they do."}
+	}
 	return d.ID, nil
 }

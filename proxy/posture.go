@@ -250,6 +250,7 @@ func (e *Edge) startPosture(ctx context.Context, cfg *Config) error {
 		if cfg.Devices.CertTTL > 0 {
 			e.devices.SetCertTTL(cfg.Devices.CertTTL)
 		}
+		e.devices.SetAdminApproval(cfg.Devices.AdminApproval)
 		e.devices.OnRevoke(func(id string) {
 			e.assertions.dropDevice(id)
 			e.reports.Forget(id)

@@ -41,6 +41,7 @@ type Event struct {
 	Rule     string        `json:"rule,omitempty"`
 	Reason   string        `json:"reason,omitempty"`
 	Policy   string        `json:"policy,omitempty"` // the version of the policy that decided
+	Actor    string        `json:"actor,omitempty"`  // admin events: who acted ("email (user ID)", or "api")
 	Latency  time.Duration `json:"latency_ns"`
 	// Tunnel streams' close events: bytes client → app and app → client,
 	// and how long the stream lived.
@@ -194,6 +195,7 @@ func (e *Event) appendJSON(b []byte) []byte {
 	b = appendField(b, "rule", e.Rule, true)
 	b = appendField(b, "reason", e.Reason, true)
 	b = appendField(b, "policy", e.Policy, true)
+	b = appendField(b, "actor", e.Actor, true)
 	b = append(b, `,"latency_ns":`...)
 	b = strconv.AppendInt(b, int64(e.Latency), 10)
 	b = appendInt(b, "bytes_up", e.BytesUp)

@@ -124,6 +124,9 @@ type DeviceBackend interface {
 	Quarantine(ctx context.Context, actor Actor, kind, id, reason, fix string) error
 	Release(ctx context.Context, actor Actor, kind, id string) error
 	RevokeDevice(ctx context.Context, actor Actor, id, reason string) error
+	// ApproveDevice lets a device enrolled under devices.admin_approval
+	// reach apps (rejecting one is RevokeDevice).
+	ApproveDevice(ctx context.Context, actor Actor, id string) error
 }
 
 // LiveBackend is what is connected now.

@@ -91,6 +91,7 @@ func New(b Backend, logger *slog.Logger) *Handler {
 		{"POST /device/quarantine", h.deviceQuarantine},
 		{"POST /device/release", h.deviceRelease},
 		{"POST /device/revoke", h.deviceRevoke},
+		{"POST /device/approve", h.deviceApprove},
 		{"GET /live", h.livePage},
 		{"POST /session/revoke", h.sessionRevoke},
 		{"GET /audit", h.auditPage},
@@ -188,6 +189,7 @@ var notices = map[string]string{
 	"quarantined": "Quarantined. Live connections were closed.",
 	"released":    "Released.",
 	"revoked":     "Revoked.",
+	"approved":    "Approved: the device reaches apps from its next request.",
 	"reverted":    "Reverted. The restored policy is serving on every replica.",
 }
 

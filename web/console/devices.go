@@ -344,6 +344,19 @@ func (h *Handler) deviceRelease(w http.ResponseWriter, r *http.Request, act Acto
 	return done(w, r, "/device", url.Values{"id": {dev.ID}}, "released")
 }
 
+// deviceApprove lets a device enrolled under devices.admin_approval reach
+// apps.
+func (h *Handler) deviceApprove(w http.ResponseWriter, r *http.Request, act Actor) error {
+	dev, err := h.deviceForm(r)
+	if err != nil {
+		return err
+	}
+	if err := h.b.ApproveDevice(r.Context(), act, dev.ID); err != nil {
+		return err
+	}
+	return done(w, r, "/device", url.Values{"id": {dev.ID}}, "approved")
+}
+
 func (h *Handler) deviceRevoke(w http.ResponseWriter, r *http.Request, act Actor) error {
 	dev, err := h.deviceForm(r)
 	if err != nil {

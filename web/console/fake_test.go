@@ -184,6 +184,11 @@ func (f *fakeBackend) RevokeDevice(ctx context.Context, actor Actor, id, reason 
 	return nil
 }
 
+func (f *fakeBackend) ApproveDevice(ctx context.Context, actor Actor, id string) error {
+	f.record("approve-device %s %s", actor.User, id)
+	return nil
+}
+
 // Live and audit.
 
 func (f *fakeBackend) Live() []LiveConn { return f.live }
