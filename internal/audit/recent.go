@@ -179,13 +179,20 @@ func containsFold(s, substr string) bool {
 	if substr == "" {
 		return true
 	}
+	// An ASCII byte of s can only fold-match an ASCII first byte of substr
+	// when their lower cases are equal: a cheap test that skips most starts.
+	first := substr[0]
+	firstASCII, firstLower := first < utf8.RuneSelf, lowerASCII(first)
 	for i := 0; i < len(s); {
-		if hasPrefixFold(s[i:], substr) {
-			return true
-		}
-		if s[i] < utf8.RuneSelf {
+		if c := s[i]; c < utf8.RuneSelf {
+			if (!firstASCII || lowerASCII(c) == firstLower) && hasPrefixFold(s[i:], substr) {
+				return true
+			}
 			i++
 			continue
+		}
+		if hasPrefixFold(s[i:], substr) {
+			return true
 		}
 		_, size := utf8.DecodeRuneInString(s[i:])
 		i += size
