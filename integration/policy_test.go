@@ -462,12 +462,16 @@ func TestPolicyDirHotReload(t *testing.T) {
 	if s := readyz(t, env); s != http.StatusOK {
 		t.Errorf("/readyz = %d after a refused policy change, want 200", s)
 	}
+	// The metric counts the refusal just before the error is logged.
 	var errLine string
-	for _, l := range strings.Split(processLog(t, env).String()[logBefore:], "\n") {
-		if strings.Contains(l, "level=ERROR") && strings.Contains(l, "reload rejected") {
-			errLine = l
+	waitFor(t, 5*time.Second, "the reload error in the process log", func() bool {
+		for _, l := range strings.Split(processLog(t, env).String()[logBefore:], "\n") {
+			if strings.Contains(l, "level=ERROR") && strings.Contains(l, "reload rejected") {
+				errLine = l
+			}
 		}
-	}
+		return errLine != ""
+	})
 	if where := fmt.Sprintf("%s:%d", groupsFile, lineOf(t, []byte(grcReadersBroken), "===")); !strings.Contains(errLine, where) || !strings.Contains(errLine, "groups[0].when") {
 		t.Errorf("reload error %q does not name %s and groups[0].when", errLine, where)
 	}

@@ -106,7 +106,7 @@ func TestPolicyUsage(t *testing.T) {
 }
 
 func TestPolicyExampleRepositoryPasses(t *testing.T) {
-	summary := regexp.MustCompile(`^ok: 8 groups, 6 apps, 13 rules, version [0-9a-f]{12}$`)
+	summary := regexp.MustCompile(`^ok: 11 groups, 7 apps, 16 rules, version [0-9a-f]{12}$`)
 
 	code, stdout, stderr := policyRun(t, "check", examplePolicy)
 	if code != 0 || stderr != "" || !summary.MatchString(strings.TrimSuffix(stdout, "\n")) {
@@ -125,7 +125,7 @@ func TestPolicyExampleRepositoryPasses(t *testing.T) {
 	if code != 0 || stderr != "" {
 		t.Fatalf("test: exit %d\nstdout: %s\nstderr: %s", code, stdout, stderr)
 	}
-	if !summary.MatchString(lines[0]) || lines[len(lines)-1] != "ok: 29 tests passed" || len(lines) != 29+2 {
+	if !summary.MatchString(lines[0]) || lines[len(lines)-1] != "ok: 33 tests passed" || len(lines) != 33+2 {
 		t.Errorf("test -v output:\n%s", stdout)
 	}
 	wantLine := filepath.Join(examplePolicy, "security_test.yaml") + `:56: test "after the move Kim grants policy exceptions": ok: allow by rule "policy-team"`
