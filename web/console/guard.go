@@ -10,6 +10,7 @@ import (
 
 	"github.com/ztna-dev/ztna/authn"
 	"github.com/ztna-dev/ztna/groups"
+	"github.com/ztna-dev/ztna/internal/audit"
 	"github.com/ztna-dev/ztna/internal/httperr"
 )
 
@@ -86,8 +87,18 @@ type proposal struct {
 }
 
 // guard refuses a proposal that escalates the actor or, from a non-owner,
-// touches console access.
+// touches console access. A refusal is audited like a change: someone
+// tried.
 func (h *Handler) guard(ctx context.Context, act Actor, ps PolicyState, pr proposal) error {
+	err := h.check(ctx, act, ps, pr)
+	if he, ok := err.(*httperr.Error); ok && he.Code == "escalation" {
+		h.b.Record(audit.Event{Kind: "admin", Decision: "refused", User: pr.user, Reason: he.Message,
+			Source: "console", Actor: act.Email + " (" + act.User + ")"})
+	}
+	return err
+}
+
+func (h *Handler) check(ctx context.Context, act Actor, ps PolicyState, pr proposal) error {
 	if pr.user != "" && pr.user == act.User {
 		return refuse("You cannot change your own attributes: ask another admin.")
 	}
