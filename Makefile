@@ -35,7 +35,9 @@ FUZZ_TARGETS := \
 	./posture:FuzzParseFalco:50000 \
 	./posture:FuzzParseSignal:50000 \
 	./posture:FuzzNonceValid:80000 \
-	./internal/bus:FuzzDecode:50000
+	./internal/bus:FuzzDecode:50000 \
+	./web/console:FuzzConsoleForms:50000 \
+	./internal/audit:FuzzContainsFold:50000
 
 .PHONY: all build test deps vet unit fuzz bench lint
 
