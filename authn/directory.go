@@ -117,6 +117,9 @@ func (d *Directory) Seen(ctx context.Context, id Identity) (Identity, error) {
 	case err != nil:
 		return id, err
 	}
+	if u.FirstSeen.IsZero() {
+		u.FirstSeen = now // provisioned before: this is the first sign-in
+	}
 	u.IdP, u.LastSeen = id, now
 	if err := d.put(ctx, u); err != nil {
 		return id, err

@@ -126,6 +126,8 @@ func actorFrom(ctx context.Context) (Actor, bool) {
 // ServeHTTP checks what the edge cannot know — the admin's role for this
 // method, the CSRF token and origin of a change — and serves the page.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// Every answer, the router's 404 and 405 too, is a console page.
+	setHeaders(w.Header())
 	act, ok := actorFrom(r.Context())
 	if !ok || act.User == "" || act.Role < RoleViewer {
 		h.fail(w, r, act, httperr.New(http.StatusForbidden, "console_denied", "You are not allowed to use the console."))
