@@ -357,20 +357,7 @@ func (ex *exporter) addGroup(g Group) error {
 		return err
 	}
 	// The file that holds the most groups; the first of them on a tie.
-	var best *config.Doc
-	bestList, count := "", map[*config.Doc]int{}
-	for i := range ex.src.Groups {
-		o := ex.groupOrigin(i)
-		if o.doc == nil {
-			continue
-		}
-		count[o.doc]++
-		if best == nil || count[o.doc] > count[best] {
-			if list, _, ok := exportListPath(o.path); ok {
-				best, bestList = o.doc, list
-			}
-		}
-	}
+	best, bestList := busiestFile(len(ex.src.Groups), ex.groupOrigin, func(o origin) bool { return true })
 	if best == nil {
 		// No file has groups: start a list in the first file there is.
 		for i := range ex.src.Apps {
@@ -557,20 +544,7 @@ func (ex *exporter) addApp(app string, rules []Rule) error {
 			isConfig[o.doc] = true
 		}
 	}
-	var best *config.Doc
-	bestList, count := "", map[*config.Doc]int{}
-	for i := range ex.src.Apps {
-		o := ex.appOrigin(i)
-		if o.doc == nil || o.appField != "app" {
-			continue
-		}
-		count[o.doc]++
-		if best == nil || count[o.doc] > count[best] {
-			if list, _, ok := exportListPath(o.path); ok {
-				best, bestList = o.doc, list
-			}
-		}
-	}
+	best, bestList := busiestFile(len(ex.src.Apps), ex.appOrigin, func(o origin) bool { return o.appField == "app" })
 	if best == nil {
 		for i := range ex.src.Groups {
 			if o := ex.groupOrigin(i); o.doc != nil && !isConfig[o.doc] {
@@ -588,6 +562,27 @@ func (ex *exporter) addApp(app string, rules []Rule) error {
 		return err
 	}
 	return ex.appendItem(best, bestList, []exportAppItem{item}, want)
+}
+
+// busiestFile is the file that holds the most of n items (those with an
+// origin that use accepts), the first of them on a tie, and the path of
+// the list they are in; nil if none has a file.
+func busiestFile(n int, originOf func(int) origin, use func(origin) bool) (*config.Doc, string) {
+	var best *config.Doc
+	bestList, count := "", map[*config.Doc]int{}
+	for i := range n {
+		o := originOf(i)
+		if o.doc == nil || !use(o) {
+			continue
+		}
+		count[o.doc]++
+		if best == nil || count[o.doc] > count[best] {
+			if list, _, ok := exportListPath(o.path); ok {
+				best, bestList = o.doc, list
+			}
+		}
+	}
+	return best, bestList
 }
 
 // exportListPath splits "groups[2]" into "groups" and 2.
