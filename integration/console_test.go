@@ -144,3 +144,42 @@ func TestConsoleDeviceApproval(t *testing.T) {
 		t.Fatalf("second approval: %d", r.StatusCode)
 	}
 }
+
+// TestConsoleIsolateInformReconnect is the seed's loop from the console:
+// an admin isolates alice's device with a reason and a fix, alice is told
+// both on her next request, and after the admin releases the device her
+// next request gets through, with no new sign-in or enrollment.
+func TestConsoleIsolateInformReconnect(t *testing.T) {
+	env := newEnv(t)
+	admin := loginAs(t, env, "console", "admin", "admin-password")
+	alice := loginAs(t, env, "whoami", "alice", alicePassword)
+	cookie := sessionCookie(t, env, alice, "whoami")
+	devID, cert := enrollDevice(t, env, "u-alice")
+	dc := withDeviceCert(t, env, cert)
+	app := env.AppURL("whoami") + "/?format=json"
+	if r := getWithCookie(t, dc, app, cookie); r.StatusCode != http.StatusOK {
+		t.Fatalf("before: %d", r.StatusCode)
+	}
+	r := adminPost(t, env, admin, "/device?id="+devID, "/device/quarantine",
+		url.Values{"id": {devID}, "reason": {"Malware found by the EDR"}, "fix": {"Bring the laptop to the IT desk"}})
+	if r.StatusCode != http.StatusSeeOther {
+		t.Fatalf("quarantine: %d %.300s", r.StatusCode, r.Body)
+	}
+	refused := getWithCookie(t, dc, app, cookie)
+	expectJSONError(t, refused, http.StatusForbidden, "quarantined")
+	if body := string(refused.Body); !strings.Contains(body, "Malware found by the EDR") || !strings.Contains(body, "Bring the laptop to the IT desk") {
+		t.Fatalf("alice is not told the reason and the fix: %s", body)
+	}
+	r = adminPost(t, env, admin, "/device?id="+devID, "/device/release", url.Values{"id": {devID}})
+	if r.StatusCode != http.StatusSeeOther {
+		t.Fatalf("release: %d %.300s", r.StatusCode, r.Body)
+	}
+	if r := getWithCookie(t, dc, app, cookie); r.StatusCode != http.StatusOK {
+		t.Fatalf("after release: %d %.300s", r.StatusCode, r.Body)
+	}
+	waitFor(t, 5*time.Second, "quarantine and release audited with the admin", func() bool {
+		log := auditLog(t, env).String()
+		return strings.Contains(log, `"decision":"quarantine"`) && strings.Contains(log, `"decision":"release"`) &&
+			strings.Count(log, `"actor":"admin@example.com (u-admin)"`) >= 2
+	})
+}
