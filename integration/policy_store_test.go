@@ -102,4 +102,13 @@ func TestStorePolicyOnReplicas(t *testing.T) {
 	if s := secure(a); s != http.StatusForbidden {
 		t.Fatalf("a config reload replaced the store's policy: bob gets %d", s)
 	}
+
+	// An attribute set on A (the console's role change) moves bob's
+	// access on B too, without a new login.
+	if _, n, err := a.Edge.Directory().SetOverrides(ctx, "u-bob", map[string]string{"department": "Security Tech"}, "admin@example.com"); err != nil || n != 1 {
+		t.Fatalf("set bob's department on A: %v (%d sessions)", err, n)
+	}
+	start = time.Now()
+	waitFor(t, 5*time.Second, "B to see bob's new department", func() bool { return secure(b) == http.StatusOK })
+	t.Logf("attribute change on A effective on B after %s", time.Since(start).Round(time.Millisecond))
 }
