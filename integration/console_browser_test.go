@@ -606,6 +606,8 @@ func TestConsolePages(t *testing.T) {
 		{"/devices", "Devices", "console-devices", []string{"alice-laptop", devID, "alice@example.com"}},
 		{"/audit", "Audit log", "console-audit", []string{"bob@example.com", "secure", "deny", "alice@example.com"}},
 		{"/policy", "Policy", "console-policy", []string{"Describe finance better", "admin@example.com"}},
+		{"/policy/version?n=2", "Policy version 2", "console-version", []string{"Describe finance better", "+", "version 1"}},
+		{"/users", "Users", "console-users", []string{"alice@example.com", "bob@example.com", "Security Tech"}},
 	} {
 		consoleOpen(t, tab, env, pg.path)
 		if h := consoleHeading(t, tab); h != pg.heading {

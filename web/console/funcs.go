@@ -27,9 +27,10 @@ var funcs = template.FuncMap{
 		}
 		return d.Round(time.Second).String()
 	},
-	"role":  func(r Role) string { return r.String() },
-	"owner": func(r Role) bool { return r >= RoleOwner },
-	"admin": func(r Role) bool { return r >= RoleAdmin },
+	"role":      func(r Role) string { return r.String() },
+	"difflines": diffLines,
+	"owner":     func(r Role) bool { return r >= RoleOwner },
+	"admin":     func(r Role) bool { return r >= RoleAdmin },
 }
 
 // ago renders how long ago t was, coarsely.
@@ -49,4 +50,27 @@ func ago(t time.Time) string {
 		return fmt.Sprintf("%dh ago", int(d.Hours()))
 	}
 	return fmt.Sprintf("%dd ago", int(d.Hours()/24))
+}
+
+// diffLine is one line of a unified diff, classed for colour.
+type diffLine struct{ Class, Text string }
+
+func diffLines(diff string) []diffLine {
+	lines := strings.Split(strings.TrimSuffix(diff, "\n"), "\n")
+	out := make([]diffLine, len(lines))
+	for i, l := range lines {
+		c := ""
+		switch {
+		case strings.HasPrefix(l, "+++"), strings.HasPrefix(l, "---"):
+			c = "file"
+		case strings.HasPrefix(l, "@@"):
+			c = "hunk"
+		case strings.HasPrefix(l, "+"):
+			c = "add"
+		case strings.HasPrefix(l, "-"):
+			c = "del"
+		}
+		out[i] = diffLine{Class: c, Text: l}
+	}
+	return out
 }
