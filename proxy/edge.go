@@ -29,8 +29,10 @@ import (
 
 // Options are the edge's long-lived dependencies: they outlive reloads.
 type Options struct {
-	Store    store.Store
-	Keys     *identity.KeySet
+	Store store.Store
+	Keys  *identity.KeySet
+	// Audit receives one event per decision; the edge also keeps the
+	// recent ones in memory for the console's audit page (Log.Keep).
 	Audit    *audit.Log
 	Logger   *slog.Logger
 	Registry prometheus.Registerer // nil → metrics are not registered

@@ -30,7 +30,8 @@ const JWKSPath = "/.well-known/ztna/jwks.json"
 //     report satisfies the app's posture profile
 //  5. authorize the app's policy allows this user, method and path (groups)
 //  6. forward   to the app, with the client's identity headers replaced by
-//     the edge's signed ones
+//     the edge's signed ones — or, for the admin console (an app with
+//     builtin: console), to the console in this process (console.go)
 //
 // Every step fails closed, and every decision is audited once. CONNECT
 // requests are the client tunnel's HTTP/2 fallback (tunnel_h2.go).
