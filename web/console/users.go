@@ -92,13 +92,9 @@ func (h *Handler) userPage(w http.ResponseWriter, r *http.Request, act Actor) er
 		return err
 	}
 	var access []appAccess
+	now := h.now()
 	for _, a := range ps.Apps {
-		req := bestCase(ps, subj)
-		req.App, req.Method, req.Path = a.Name, http.MethodGet, "/"
-		if a.TCP {
-			req.Method = "CONNECT"
-		}
-		access = append(access, appAccess{App: a, Decision: ps.Compiled.Decide(req)})
+		access = append(access, appAccess{App: a, Decision: ps.Compiled.Decide(reachRequest(ps, a, subj, now))})
 	}
 	devices, err := h.b.Devices(r.Context(), sub)
 	if err != nil {
