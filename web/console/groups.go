@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/ztna-dev/ztna/authn"
 	"github.com/ztna-dev/ztna/groups"
 	"github.com/ztna-dev/ztna/internal/httperr"
 )
@@ -258,14 +257,4 @@ func (h *Handler) propose(w http.ResponseWriter, r *http.Request, act Actor, ps 
 		return err
 	}
 	return done(w, r, backPath, back, notice)
-}
-
-// directoryUser finds a user by subject.
-func findUser(users []*authn.DirectoryUser, sub string) *authn.DirectoryUser {
-	for _, u := range users {
-		if u.IdP.Subject == sub {
-			return u
-		}
-	}
-	return nil
 }
