@@ -13,7 +13,6 @@ import (
 	"net/url"
 	"os"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -256,7 +255,6 @@ func (s *State) close() {
 	}
 }
 
-func portString(p int) string { return strconv.Itoa(p) }
 
 // minTokenLen is the shortest bearer token accepted for an API.
 const minTokenLen = 32
