@@ -255,7 +255,6 @@ func (s *State) close() {
 	}
 }
 
-
 // minTokenLen is the shortest bearer token accepted for an API.
 const minTokenLen = 32
 
