@@ -183,3 +183,46 @@ func TestConsoleIsolateInformReconnect(t *testing.T) {
 			strings.Count(log, `"actor":"admin@example.com (u-admin)"`) >= 2
 	})
 }
+
+// TestConsoleLiveListsTunnels: alice's tunnel connection and her stream to
+// echo are on the console's Live page with her device; revoking her
+// session there ends both.
+func TestConsoleLiveListsTunnels(t *testing.T) {
+	env := newEnv(t)
+	admin := loginAs(t, env, "console", "admin", "admin-password")
+	alice := loginAs(t, env, "whoami", "alice", alicePassword)
+	cookie := sessionCookie(t, env, alice, "whoami")
+	devID, cert := enrollDevice(t, env, "u-alice")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, s, br := echoStream(t, ctx, tunnelClient(t, env, cookie, &cert))
+
+	page := get(t, admin, env.AppURL("console")+"/live", asNavigation)
+	body := string(page.Body)
+	for _, want := range []string{"Tunnel connections", "Tunnel streams", "alice@example.com", devID, ">echo<", authn.RefOf(hashOf(cookie))} {
+		if !strings.Contains(body, want) {
+			t.Fatalf("/live does not show %q: %.2000s", want, body)
+		}
+	}
+	r := adminPost(t, env, admin, "/live", "/session/revoke", url.Values{"ref": {authn.RefOf(hashOf(cookie))}})
+	if r.StatusCode != http.StatusSeeOther {
+		t.Fatalf("revoke: %d %.300s", r.StatusCode, r.Body)
+	}
+	_ = s.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := br.ReadString('\n'); err == nil {
+		t.Fatal("the tunnel stream outlived its revoked session")
+	}
+	waitFor(t, 5*time.Second, "/live without alice's tunnel", func() bool {
+		return !strings.Contains(string(get(t, admin, env.AppURL("console")+"/live", asNavigation).Body), devID)
+	})
+}
+
+// hashOf is the store key of a session cookie value (what its reference is
+// cut from).
+func hashOf(cookie string) string {
+	key, ok := authn.ParseSessionID(cookie)
+	if !ok {
+		panic("not a session cookie")
+	}
+	return key
+}
