@@ -161,6 +161,12 @@ func (s *Service) startDeviceGrant(w http.ResponseWriter, r *http.Request) error
 	if !validGrantLabel(host, maxGrantHostLen) {
 		return httperr.BadRequest("host must be printable text of at most 253 bytes.", errors.New("malformed host"))
 	}
+	if lim := s.opts.DeviceGrantLimit; lim != nil && !lim.Allow(r.RemoteAddr, s.opts.Now()) {
+		s.logger.Warn("cli device grant refused: client over its rate", "client_addr", r.RemoteAddr)
+		w.Header().Set("Retry-After", "60")
+		return &httperr.Error{Status: http.StatusTooManyRequests, Code: "slow_down",
+			Message: "Too many sign-ins were started from your address; try again in a minute."}
+	}
 	ctx := r.Context()
 	n := 0
 	if err := s.st.List(ctx, bucketCLIGrant, "", func(string, []byte) bool { n++; return n < maxDeviceGrants }); err != nil {

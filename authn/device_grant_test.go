@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ztna-dev/ztna/internal/httperr"
+	"github.com/ztna-dev/ztna/internal/ratelimit"
 	"github.com/ztna-dev/ztna/internal/usercode"
 )
 
@@ -672,4 +673,34 @@ func TestCLIDeviceLoginRefusesOffEdgeVerification(t *testing.T) {
 func hostOf(raw string) string {
 	u, _ := url.Parse(raw)
 	return u.Host
+}
+
+// One client address may start only so many grants; others are not held
+// back by it.
+func TestDeviceGrantStartRateLimitedPerClient(t *testing.T) {
+	e := newSvcEnv(t)
+	e.svc.opts.DeviceGrantLimit = ratelimit.New(time.Hour, 2, 100)
+	start := func(addr string) (*httptest.ResponseRecorder, error) {
+		r := postReq(testAuthOrigin+PathCLIDevice, url.Values{"client": {"ztna-cli/1"}})
+		r.RemoteAddr = addr
+		return e.serve(r, true)
+	}
+	for i := range 2 {
+		if _, err := start("192.0.2.7:5000"); err != nil {
+			t.Fatalf("start %d: %v", i+1, err)
+		}
+	}
+	w, err := start("192.0.2.7:5001")
+	wantHTTPError(t, err, http.StatusTooManyRequests, "slow_down")
+	if w.Header().Get("Retry-After") == "" {
+		t.Error("429 without Retry-After")
+	}
+	n := 0
+	_ = e.st.List(t.Context(), bucketCLIGrant, "", func(string, []byte) bool { n++; return true })
+	if n != 2 {
+		t.Fatalf("%d grants stored, want 2: a refused start must store nothing", n)
+	}
+	if _, err := start("198.51.100.9:5000"); err != nil {
+		t.Fatalf("another client: %v", err)
+	}
 }

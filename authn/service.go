@@ -21,6 +21,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/ztna-dev/ztna/internal/httperr"
+	"github.com/ztna-dev/ztna/internal/ratelimit"
 	"github.com/ztna-dev/ztna/internal/store"
 )
 
@@ -70,6 +71,10 @@ type ServiceOptions struct {
 	IsAppHost func(hostport string) bool
 	Pages     Pages
 	Logger    *slog.Logger
+	// DeviceGrantLimit bounds how often one client address may start a
+	// CLI device grant (an unauthenticated request, RFC 8628); nil → only
+	// the bound on outstanding grants applies. It outlives reloads.
+	DeviceGrantLimit *ratelimit.PerClient
 	// Directory records every user who signs in and applies the
 	// attributes admins set on them; nil → identities are the IdP's alone.
 	Directory *Directory

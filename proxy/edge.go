@@ -19,6 +19,7 @@ import (
 	"github.com/ztna-dev/ztna/groups"
 	"github.com/ztna-dev/ztna/internal/audit"
 	"github.com/ztna-dev/ztna/internal/bus"
+	"github.com/ztna-dev/ztna/internal/ratelimit"
 	"github.com/ztna-dev/ztna/internal/store"
 	"github.com/ztna-dev/ztna/posture"
 	"github.com/ztna-dev/ztna/proxy/edge"
@@ -78,11 +79,20 @@ type Edge struct {
 	directory   *authn.Directory // the users seen, with console-set attributes
 	recent      *audit.Recent    // this replica's recent audit events, for the console
 	console     http.Handler     // the admin console (apps with builtin: console)
+	// grantLimit bounds CLI device grants started per client address.
+	grantLimit *ratelimit.PerClient
 
 	mu      sync.Mutex // serialises Apply
 	state   atomic.Pointer[State]
 	version uint64
 }
+
+// CLI device grants one client address may start: a burst of 30 (an
+// office behind one NAT signing in at nine), then one every 2 s.
+const (
+	cliGrantBurst = 30
+	cliGrantEvery = 2 * time.Second
+)
 
 // New builds the edge and compiles its first State from cfg.
 func New(ctx context.Context, cfg *Config, opts Options) (*Edge, error) {
@@ -110,6 +120,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Edge, error) {
 	e.recent = audit.NewRecent(0)
 	opts.Audit.Keep(e.recent)
 	e.console = console.New(consoleBackend{e}, e.logger)
+	e.grantLimit = ratelimit.New(cliGrantEvery, cliGrantBurst, 10_000)
 	if err := e.startPosture(ctx, cfg); err != nil {
 		return nil, err
 	}

@@ -150,6 +150,8 @@ func (e *Edge) compile(ctx context.Context, cfg *Config, version uint64) (*State
 		Pages:      e.pages,
 		Logger:     e.logger,
 		Directory:  e.directory,
+
+		DeviceGrantLimit: e.grantLimit,
 	})
 	return st, nil
 }
