@@ -36,6 +36,9 @@ const (
 // started from.
 var ErrPolicyConflict = errors.New("the policy was changed meanwhile")
 
+// ErrPolicyTooLarge means a policy does not fit in one store record.
+var ErrPolicyTooLarge = errors.New("the policy is too large for the store")
+
 // Version is one saved policy.
 type Version struct {
 	N       int       `json:"n"`
@@ -150,6 +153,9 @@ func (v *Versions) Commit(ctx context.Context, parent int, p File, author, messa
 	b, err := json.Marshal(ver)
 	if err != nil {
 		return nil, err
+	}
+	if len(b) > store.MaxValueSize {
+		return nil, fmt.Errorf("%w: %d bytes as stored, at most %d", ErrPolicyTooLarge, len(b), store.MaxValueSize)
 	}
 	ok, err := v.st.PutIfAbsent(ctx, bucketPolicyVersions, versionKey(ver.N), b, 0)
 	if err != nil {

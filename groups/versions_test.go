@@ -90,3 +90,20 @@ func TestVersionsConcurrentCommitsOneWins(t *testing.T) {
 		t.Fatalf("won %d lost %d, want 1 and 15", won, lost)
 	}
 }
+
+func TestVersionsRefuseOversizedPolicy(t *testing.T) {
+	ctx := context.Background()
+	st := memory.New(memory.Options{})
+	defer st.Close()
+	v := NewVersions(st)
+	big := File{Groups: []Group{{Name: "big", Members: make([]string, 0, 40000)}}}
+	for i := 0; i < 40000; i++ {
+		big.Groups[0].Members = append(big.Groups[0].Members, "user-with-a-long-identifier-"+strings.Repeat("x", 8))
+	}
+	if _, err := v.Commit(ctx, 0, big, "a", "huge", 0); !errors.Is(err, ErrPolicyTooLarge) {
+		t.Fatalf("oversized policy: %v, want ErrPolicyTooLarge", err)
+	}
+	if _, err := v.Head(ctx); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("an oversized policy was stored: %v", err)
+	}
+}

@@ -250,9 +250,13 @@ func (h *Handler) propose(w http.ResponseWriter, r *http.Request, act Actor, ps 
 		parent = ps.N
 	}
 	if _, err := h.b.Commit(r.Context(), act, parent, groups.File{Groups: src.Groups, Apps: src.Apps}, message, 0); err != nil {
-		if errors.Is(err, groups.ErrPolicyConflict) {
+		switch {
+		case errors.Is(err, groups.ErrPolicyConflict):
 			return &httperr.Error{Status: http.StatusConflict, Code: "conflict", Title: "Not saved",
 				Message: "Someone saved another change while you were editing. Reload and redo yours.", Cause: err}
+		case errors.Is(err, groups.ErrPolicyTooLarge):
+			return &httperr.Error{Status: http.StatusUnprocessableEntity, Code: "too_large", Title: "Not saved",
+				Message: "The policy would no longer fit in one store record (1 MiB). Split rules into fewer, broader ones.", Cause: err}
 		}
 		return err
 	}
