@@ -23,9 +23,15 @@ type Config struct {
 	// With MasterName: the Sentinel addresses.
 	Addrs []string `yaml:"addrs"`
 	// MasterName is the Sentinel master set name; "" means no Sentinel.
-	// Sentinels are reached without credentials; Username and PasswordFile
-	// are for the Redis servers themselves.
+	// Username and PasswordFile are for the Redis servers themselves; the
+	// Sentinels have their own (SentinelUsername, SentinelPasswordFile).
 	MasterName string `yaml:"master_name"`
+	// SentinelUsername and SentinelPasswordFile authenticate to the
+	// Sentinels (their requirepass, or an ACL user of sentinel.conf; the
+	// password file as PasswordFile). "" → the Sentinels are reached
+	// without credentials. Only with MasterName.
+	SentinelUsername     string `yaml:"sentinel_username"`
+	SentinelPasswordFile string `yaml:"sentinel_password_file"`
 	// Username is the ACL user; "" means the default user.
 	Username string `yaml:"username"`
 	// PasswordFile holds the password (a trailing newline is ignored); ""
@@ -163,6 +169,16 @@ func (c Config) Validate() error {
 	if c.PasswordFile != "" {
 		if _, _, err := readPassword(c.PasswordFile); err != nil {
 			field("password_file", "%v", err)
+		}
+	}
+	switch {
+	case c.MasterName == "" && (c.SentinelUsername != "" || c.SentinelPasswordFile != ""):
+		field("sentinel_username", "sentinel credentials need master_name (they are for the Sentinels)")
+	case strings.ContainsFunc(c.SentinelUsername, badNameRune):
+		field("sentinel_username", "must be printable text without spaces")
+	case c.SentinelPasswordFile != "":
+		if _, _, err := readPassword(c.SentinelPasswordFile); err != nil {
+			field("sentinel_password_file", "%v", err)
 		}
 	}
 	errs = append(errs, c.TLS.validate()...)

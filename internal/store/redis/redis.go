@@ -200,20 +200,30 @@ func (c Config) options() (*redis.UniversalOptions, error) {
 		}
 		password = pw
 	}
+	var sentinelPassword string
+	if c.SentinelPasswordFile != "" {
+		pw, _, err := readPassword(c.SentinelPasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("sentinel_password_file: %w", err)
+		}
+		sentinelPassword = pw
+	}
 	tlsConf, err := c.TLS.tlsConfig()
 	if err != nil {
 		return nil, err
 	}
 	return &redis.UniversalOptions{
-		Addrs:        c.Addrs,
-		MasterName:   c.MasterName,
-		Username:     c.Username,
-		Password:     password,
-		DB:           c.DB,
-		TLSConfig:    tlsConf,
-		DialTimeout:  c.DialTimeout,
-		ReadTimeout:  c.ReadTimeout,
-		WriteTimeout: c.WriteTimeout,
+		Addrs:            c.Addrs,
+		MasterName:       c.MasterName,
+		SentinelUsername: c.SentinelUsername,
+		SentinelPassword: sentinelPassword,
+		Username:         c.Username,
+		Password:         password,
+		DB:               c.DB,
+		TLSConfig:        tlsConf,
+		DialTimeout:      c.DialTimeout,
+		ReadTimeout:      c.ReadTimeout,
+		WriteTimeout:     c.WriteTimeout,
 		// A caller's deadline shorter than ReadTimeout must win.
 		ContextTimeoutEnabled: true,
 		// Two quick dial retries, not go-redis's five: while Redis is down

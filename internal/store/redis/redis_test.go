@@ -141,6 +141,47 @@ func TestSentinel(t *testing.T) {
 	}
 }
 
+// TestSentinelAuth: Sentinels that require a password and a master with an
+// ACL user, each reached with its own credentials; without the Sentinel's
+// password, or with a wrong one, Open fails with a clear error that does
+// not contain it.
+func TestSentinelAuth(t *testing.T) {
+	const sentinelPassword = "sentinel-secret-9"
+	master := redistest.Start(t, redistest.WithUser("edge", "master-secret-3"))
+	sentinel := redistest.StartSentinel(t, master, sentinelPassword)
+	base := Config{Addrs: []string{sentinel.Addr()}, MasterName: redistest.SentinelMaster,
+		Username: "edge", PasswordFile: master.PasswordFile(), KeyPrefix: uniquePrefix("sentauth")}
+
+	good := base
+	good.SentinelPasswordFile = sentinel.PasswordFile()
+	if err := good.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	s := openT(t, good)
+	if err := s.Put(testCtx(t), "b", "k", []byte("v"), 0); err != nil {
+		t.Fatalf("Put through an authenticated Sentinel: %v", err)
+	}
+
+	wrong := base
+	wrong.SentinelPasswordFile = writeFile(t, "not-it\n", 0o600)
+	for name, c := range map[string]Config{"no sentinel password": base, "wrong sentinel password": wrong} {
+		s, err := Open(testCtx(t), c, nil)
+		if err == nil {
+			s.Close()
+			t.Fatalf("%s: Open succeeded", name)
+		}
+		if strings.Contains(err.Error(), sentinelPassword) || strings.Contains(err.Error(), "not-it") {
+			t.Errorf("%s: the error contains a password: %v", name, err)
+		}
+	}
+
+	// Sentinel credentials without a Sentinel are a config error.
+	bad := Config{Addrs: []string{master.Addr()}, SentinelPasswordFile: sentinel.PasswordFile()}
+	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "sentinel_username: sentinel credentials need master_name") {
+		t.Fatalf("Validate: %v", err)
+	}
+}
+
 func TestAuth(t *testing.T) {
 	const password = "right-password-7"
 	srv := redistest.Start(t, redistest.WithUser("edge", password))

@@ -52,6 +52,9 @@ type options struct {
 	tlsClientAuth  bool
 	cluster        bool
 	sentinelOf     string // the master's address: run as its Sentinel
+	// masterUser and masterPassword: the Sentinel's credentials for its
+	// master (the master's WithUser).
+	masterUser, masterPassword string
 }
 
 // WithUser disables the default user and creates an ACL user with password
@@ -160,10 +163,11 @@ func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.It
 // TLS returns the server's TLS files (zero without WithTLS).
 func (s *Server) TLS() TLSFiles { return s.tls }
 
-// PasswordFile writes the ACL user's password to a mode 0600 file, as a
-// password_file setting expects, and returns its path ("" without WithUser).
+// PasswordFile writes the server's password (the ACL user's, or a
+// Sentinel's requirepass) to a mode 0600 file, as a password_file setting
+// expects, and returns its path ("" without one).
 func (s *Server) PasswordFile() string {
-	if s.opts.user == "" {
+	if s.opts.password == "" {
 		return ""
 	}
 	path := filepath.Join(s.dir, "password")
@@ -357,6 +361,13 @@ func (s *Server) config() []byte {
 		line("logfile", `""`)
 		line("sentinel", "monitor", SentinelMaster, host, port, "1")
 		line("sentinel", "down-after-milliseconds", SentinelMaster, "5000")
+		if s.opts.masterUser != "" {
+			line("sentinel", "auth-user", SentinelMaster, s.opts.masterUser)
+			line("sentinel", "auth-pass", SentinelMaster, s.opts.masterPassword)
+		}
+		if s.opts.password != "" {
+			line("requirepass", s.opts.password)
+		}
 		return b.Bytes()
 	}
 	if s.opts.tls {
