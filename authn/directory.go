@@ -16,8 +16,14 @@ import (
 	"github.com/ztna-dev/ztna/internal/store"
 )
 
-// bucketUsers holds the directory: one record per user the edge has seen.
-const bucketUsers = "users"
+// The directory's two buckets, one record of each per user, keyed by the
+// hash of the OIDC subject. What the IdP says and what admins set are
+// kept apart, so that a sign-in or token refresh, which rewrites the
+// first, can never undo an admin's change to the second.
+const (
+	bucketUsers     = "users"          // userRecord
+	bucketOverrides = "user_overrides" // overridesRecord
+)
 
 // Directory limits: far above a real directory's per-user needs, so that
 // an admin form or a crafted claim cannot grow a record without bound.
@@ -35,29 +41,45 @@ var ErrInvalidAttribute = errors.New("invalid attribute")
 // IdP last asserted, and the attributes admins set on top of it.
 type DirectoryUser struct {
 	// IdP is the identity as the IdP last asserted it (login or refresh).
-	IdP Identity `json:"idp"`
+	IdP Identity
 	// Overrides are attributes set in the console. They win over the IdP's
 	// until cleared; an empty value hides the IdP's attribute.
-	Overrides map[string]string `json:"overrides,omitempty"`
+	Overrides map[string]string
 	// OverriddenBy and OverriddenAt say who last changed Overrides.
-	OverriddenBy string    `json:"overridden_by,omitempty"`
-	OverriddenAt time.Time `json:"overridden_at,omitzero"`
-	FirstSeen    time.Time `json:"first_seen"`
-	LastSeen     time.Time `json:"last_seen"`
+	OverriddenBy string
+	OverriddenAt time.Time
+	FirstSeen    time.Time // zero: provisioned, never signed in
+	LastSeen     time.Time
+}
+
+// userRecord is what the IdP said of a user, and when.
+type userRecord struct {
+	IdP       Identity  `json:"idp"`
+	FirstSeen time.Time `json:"first_seen,omitzero"`
+	LastSeen  time.Time `json:"last_seen,omitzero"`
+}
+
+// overridesRecord is what admins set on a user. At also stamps the
+// version, for Settle.
+type overridesRecord struct {
+	Overrides map[string]string `json:"overrides,omitempty"`
+	By        string            `json:"by"`
+	At        time.Time         `json:"at"`
 }
 
 // Effective is the identity the policy sees: the IdP's with the overrides
 // applied.
-func (u *DirectoryUser) Effective() Identity {
-	id := u.IdP
-	if len(u.Overrides) == 0 {
+func (u *DirectoryUser) Effective() Identity { return effective(u.IdP, u.Overrides) }
+
+func effective(id Identity, overrides map[string]string) Identity {
+	if len(overrides) == 0 {
 		return id
 	}
 	id.Attributes = maps.Clone(id.Attributes)
 	if id.Attributes == nil {
 		id.Attributes = map[string]string{}
 	}
-	for k, v := range u.Overrides {
+	for k, v := range overrides {
 		if v == "" {
 			delete(id.Attributes, k)
 		} else {
@@ -67,11 +89,19 @@ func (u *DirectoryUser) Effective() Identity {
 	return id
 }
 
+func (u *DirectoryUser) merge(r userRecord, o *overridesRecord) {
+	u.IdP, u.FirstSeen, u.LastSeen = r.IdP, r.FirstSeen, r.LastSeen
+	if o != nil {
+		u.Overrides, u.OverriddenBy, u.OverriddenAt = o.Overrides, o.By, o.At
+	}
+}
+
 // Directory records the users the edge has seen and the attributes admins
 // set on them, in the store shared by every replica. Sessions carry the
 // effective identity: login and refresh pass the IdP's identity through
-// Seen, and SetOverrides rewrites the user's sessions, whose update moves
-// their live connections at once on every replica.
+// Seen (and Settle once the session is stored), and SetOverrides rewrites
+// the user's sessions, whose update moves their live connections at once
+// on every replica.
 type Directory struct {
 	st       store.Store
 	sessions *Sessions
@@ -91,40 +121,106 @@ func userKey(subject string) string {
 
 // Get returns the user with OIDC subject sub, or store.ErrNotFound.
 func (d *Directory) Get(ctx context.Context, sub string) (*DirectoryUser, error) {
-	b, err := d.st.Get(ctx, bucketUsers, userKey(sub))
+	var r userRecord
+	if err := d.read(ctx, bucketUsers, sub, &r); err != nil {
+		return nil, err
+	}
+	o, err := d.overrides(ctx, sub)
 	if err != nil {
 		return nil, err
 	}
-	var u DirectoryUser
-	if err := json.Unmarshal(b, &u); err != nil {
-		return nil, fmt.Errorf("directory record of %q: %w", sub, err)
+	u := &DirectoryUser{}
+	u.merge(r, o)
+	return u, nil
+}
+
+// overrides reads what admins set on sub; nil when nothing.
+func (d *Directory) overrides(ctx context.Context, sub string) (*overridesRecord, error) {
+	var o overridesRecord
+	err := d.read(ctx, bucketOverrides, sub, &o)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
 	}
-	return &u, nil
+	if err != nil {
+		return nil, err
+	}
+	return &o, nil
+}
+
+func (d *Directory) read(ctx context.Context, bucket, sub string, v any) error {
+	b, err := d.st.Get(ctx, bucket, userKey(sub))
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("directory record of %q: %w", sub, err)
+	}
+	return nil
+}
+
+func (d *Directory) write(ctx context.Context, bucket, sub string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if err := d.st.Put(ctx, bucket, userKey(sub), b, 0); err != nil {
+		return fmt.Errorf("directory: store %q: %w", sub, err)
+	}
+	return nil
 }
 
 // Seen records id as the IdP's current assertion about its user and
-// returns the effective identity. A store error is returned with the IdP's
-// identity unchanged, so the caller decides whether to go on.
-func (d *Directory) Seen(ctx context.Context, id Identity) (Identity, error) {
+// returns the effective identity, with the stamp of the overrides it
+// applied: once the session carrying that identity is stored, pass both
+// to Settle. A store error is returned with the IdP's identity unchanged,
+// so the caller decides whether to go on.
+func (d *Directory) Seen(ctx context.Context, id Identity) (Identity, time.Time, error) {
 	if d == nil {
-		return id, nil
+		return id, time.Time{}, nil
 	}
 	now := d.now()
-	u, err := d.Get(ctx, id.Subject)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		u = &DirectoryUser{FirstSeen: now}
-	case err != nil:
-		return id, err
+	var r userRecord
+	if err := d.read(ctx, bucketUsers, id.Subject, &r); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return id, time.Time{}, err
 	}
-	if u.FirstSeen.IsZero() {
-		u.FirstSeen = now // provisioned before: this is the first sign-in
+	if r.FirstSeen.IsZero() {
+		r.FirstSeen = now // new, or provisioned before: this is the first sign-in
 	}
-	u.IdP, u.LastSeen = id, now
-	if err := d.put(ctx, u); err != nil {
-		return id, err
+	r.IdP, r.LastSeen = id, now
+	if err := d.write(ctx, bucketUsers, id.Subject, &r); err != nil {
+		return id, time.Time{}, err
 	}
-	return u.Effective(), nil
+	o, err := d.overrides(ctx, id.Subject)
+	if err != nil || o == nil {
+		return id, time.Time{}, err
+	}
+	return effective(id, o.Overrides), o.At, nil
+}
+
+// Settle closes the race between a sign-in or refresh and an admin's
+// attribute change: called after s, carrying the identity Seen returned
+// for idp with stamp, was stored, it rewrites s if the overrides changed
+// since Seen read them. (SetOverrides writes the overrides before it
+// lists the sessions to rewrite, and Settle reads them after the session
+// was written, so one of the two sees the other.)
+func (d *Directory) Settle(ctx context.Context, s *Session, idp Identity, stamp time.Time) error {
+	if d == nil {
+		return nil
+	}
+	o, err := d.overrides(ctx, idp.Subject)
+	if err != nil {
+		return err
+	}
+	var at time.Time
+	var attrs map[string]string
+	if o != nil {
+		at, attrs = o.At, o.Overrides
+	}
+	if at.Equal(stamp) {
+		return nil
+	}
+	s.Identity = effective(idp, attrs)
+	return d.sessions.Update(ctx, s)
 }
 
 // Provision records a user known from elsewhere (a directory sync, the
@@ -133,20 +229,34 @@ func (d *Directory) Seen(ctx context.Context, id Identity) (Identity, error) {
 // is; their first sign-in replaces the provisioned identity with the
 // IdP's.
 func (d *Directory) Provision(ctx context.Context, id Identity) error {
-	_, err := d.Get(ctx, id.Subject)
+	var r userRecord
+	err := d.read(ctx, bucketUsers, id.Subject, &r)
 	if !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
-	return d.put(ctx, &DirectoryUser{IdP: id})
+	return d.write(ctx, bucketUsers, id.Subject, &userRecord{IdP: id})
 }
 
 // List returns up to MaxDirectoryUsers users, by email then subject.
 func (d *Directory) List(ctx context.Context) ([]*DirectoryUser, error) {
+	overrides := map[string]*overridesRecord{}
+	err := d.st.List(ctx, bucketOverrides, "", func(k string, v []byte) bool {
+		var o overridesRecord
+		if json.Unmarshal(v, &o) == nil {
+			overrides[k] = &o
+		}
+		return len(overrides) < MaxDirectoryUsers
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list user overrides: %w", err)
+	}
 	var out []*DirectoryUser
-	err := d.st.List(ctx, bucketUsers, "", func(_ string, v []byte) bool {
-		var u DirectoryUser
-		if json.Unmarshal(v, &u) == nil {
-			out = append(out, &u)
+	err = d.st.List(ctx, bucketUsers, "", func(k string, v []byte) bool {
+		var r userRecord
+		if json.Unmarshal(v, &r) == nil {
+			u := &DirectoryUser{}
+			u.merge(r, overrides[k])
+			out = append(out, u)
 		}
 		return len(out) < MaxDirectoryUsers
 	})
@@ -199,14 +309,14 @@ func (d *Directory) SetOverrides(ctx context.Context, sub string, overrides map[
 	if err != nil {
 		return nil, 0, err
 	}
-	u.Overrides = maps.Clone(overrides)
-	if len(u.Overrides) == 0 {
-		u.Overrides = nil
+	o := overridesRecord{Overrides: maps.Clone(overrides), By: by, At: d.now().UTC()}
+	if len(o.Overrides) == 0 {
+		o.Overrides = nil
 	}
-	u.OverriddenBy, u.OverriddenAt = by, d.now()
-	if err := d.put(ctx, u); err != nil {
+	if err := d.write(ctx, bucketOverrides, sub, &o); err != nil {
 		return nil, 0, err
 	}
+	u.Overrides, u.OverriddenBy, u.OverriddenAt = o.Overrides, o.By, o.At
 	n, err := d.apply(ctx, u)
 	return u, n, err
 }
@@ -230,15 +340,4 @@ func (d *Directory) apply(ctx context.Context, u *DirectoryUser) (int, error) {
 		}
 	}
 	return n, errors.Join(errs...)
-}
-
-func (d *Directory) put(ctx context.Context, u *DirectoryUser) error {
-	b, err := json.Marshal(u)
-	if err != nil {
-		return err
-	}
-	if err := d.st.Put(ctx, bucketUsers, userKey(u.IdP.Subject), b, 0); err != nil {
-		return fmt.Errorf("directory: store %q: %w", u.IdP.Subject, err)
-	}
-	return nil
 }

@@ -27,7 +27,7 @@ func TestDirectorySeenOverridesAndSessions(t *testing.T) {
 	if err != nil || !u.LastSeen.IsZero() {
 		t.Fatalf("provisioned: %v %+v", err, u)
 	}
-	eff, err := d.Seen(ctx, bob)
+	eff, _, err := d.Seen(ctx, bob)
 	if err != nil || eff.Attributes["department"] != "Finance" {
 		t.Fatalf("Seen: %v %+v", err, eff)
 	}
@@ -61,7 +61,7 @@ func TestDirectorySeenOverridesAndSessions(t *testing.T) {
 	mu.Unlock()
 
 	// A refresh brings the IdP's attributes again: the override still wins.
-	eff, err = d.Seen(ctx, bob)
+	eff, _, err = d.Seen(ctx, bob)
 	if err != nil || eff.Attributes["department"] != "Security Tech" || bob.Attributes["department"] != "Finance" {
 		t.Fatalf("after refresh: %v %+v (input %+v)", err, eff, bob)
 	}
@@ -90,7 +90,7 @@ func TestDirectoryRefusesBadOverrides(t *testing.T) {
 	st := newMemoryStore(t)
 	sessions, _ := newTestSessions(t, st, SessionsConfig{})
 	d := NewDirectory(st, sessions)
-	if _, err := d.Seen(ctx, Identity{Subject: "u-a", Attributes: map[string]string{"department": "IT"}}); err != nil {
+	if _, _, err := d.Seen(ctx, Identity{Subject: "u-a", Attributes: map[string]string{"department": "IT"}}); err != nil {
 		t.Fatal(err)
 	}
 	many := map[string]string{}
@@ -119,5 +119,53 @@ func TestDirectoryRefusesBadOverrides(t *testing.T) {
 	// Untrusted but printable text is stored as is: escaping is the pages' job.
 	if _, _, err := d.SetOverrides(ctx, "u-a", map[string]string{"department": "<script>alert(1)</script>"}, "admin"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// An admin's change that lands between a sign-in's Seen and the session
+// being stored is not lost: SetOverrides cannot see the session yet, so
+// Settle, after the session is stored, rewrites it.
+func TestDirectorySettleClosesTheSignInRace(t *testing.T) {
+	ctx := context.Background()
+	st := newMemoryStore(t)
+	sessions, _ := newTestSessions(t, st, SessionsConfig{})
+	d := NewDirectory(st, sessions)
+	bob := Identity{Subject: "u-bob", Email: "bob@example.com", Attributes: map[string]string{"department": "Finance"}}
+	if _, _, err := d.Seen(ctx, bob); err != nil {
+		t.Fatal(err)
+	}
+
+	eff, stamp, err := d.Seen(ctx, bob) // a sign-in reads no overrides…
+	if err != nil {
+		t.Fatal(err)
+	}
+	// …an admin moves bob out of Finance; no session to rewrite yet…
+	if _, n, err := d.SetOverrides(ctx, "u-bob", map[string]string{"department": "External"}, "admin"); err != nil || n != 0 {
+		t.Fatalf("SetOverrides: %v, %d sessions", err, n)
+	}
+	// …and the sign-in stores its session with what it read.
+	sess, err := sessions.Create(ctx, eff, Tokens{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Settle(ctx, sess, bob, stamp); err != nil {
+		t.Fatal(err)
+	}
+	got, err := sessions.Get(ctx, sess.ID)
+	if err != nil || got.Identity.Attributes["department"] != "External" {
+		t.Fatalf("session after Settle: %v %v, want the admin's department", err, got.Identity.Attributes)
+	}
+	// Nothing changed since: Settle leaves the session alone.
+	_, stamp, _ = d.Seen(ctx, bob)
+	before := got.Identity
+	if err := d.Settle(ctx, got, Identity{Subject: "u-bob", Attributes: map[string]string{"department": "ignored"}}, stamp); err != nil {
+		t.Fatal(err)
+	}
+	if got.Identity.Attributes["department"] != before.Attributes["department"] {
+		t.Fatal("Settle rewrote a session whose overrides had not changed")
+	}
+	// A sign-in never undoes the admin's change.
+	if u, _ := d.Get(ctx, "u-bob"); u.Overrides["department"] != "External" || u.OverriddenBy != "admin" {
+		t.Fatalf("overrides after sign-ins: %+v", u)
 	}
 }

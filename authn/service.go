@@ -329,12 +329,19 @@ func (s *Service) callback(w http.ResponseWriter, r *http.Request) error {
 		return he
 	}
 	// Fail closed: an override may be what takes access away.
-	if id, err = s.opts.Directory.Seen(ctx, id); err != nil {
+	eff, stamp, err := s.opts.Directory.Seen(ctx, id)
+	if err != nil {
 		return fmt.Errorf("record user in directory: %w", err)
 	}
-	sess, err := s.sessions.Create(r.Context(), id, toks)
+	sess, err := s.sessions.Create(r.Context(), eff, toks)
 	if err != nil {
 		return fmt.Errorf("create session: %w", err)
+	}
+	if err := s.opts.Directory.Settle(ctx, sess, id, stamp); err != nil {
+		if rerr := s.sessions.Revoke(ctx, sess.Key); rerr != nil {
+			s.logger.Error("revoke session whose attributes could not be settled", "session", sess.Ref(), "err", rerr)
+		}
+		return fmt.Errorf("settle the new session's attributes: %w", err)
 	}
 	s.logger.Info("login", "user", id.Subject, "email", id.Email, "session", sess.Ref())
 	if ls.CLI != nil {
@@ -594,11 +601,12 @@ func (s *Service) refreshSession(ctx context.Context, sess *Session) error {
 		}
 		return err
 	}
-	if id, err = s.opts.Directory.Seen(ctx, id); err != nil {
+	eff, stamp, err := s.opts.Directory.Seen(ctx, id)
+	if err != nil {
 		return fmt.Errorf("record user in directory: %w", err)
 	}
 	cp := *sess
-	cp.Identity = id
+	cp.Identity = eff
 	cp.RefreshToken = toks.RefreshToken
 	if toks.IDToken != "" {
 		cp.IDToken = toks.IDToken
@@ -606,6 +614,9 @@ func (s *Service) refreshSession(ctx context.Context, sess *Session) error {
 	cp.RefreshAt = toks.refreshAt()
 	if err := s.sessions.Update(ctx, &cp); err != nil {
 		return fmt.Errorf("store refreshed session: %w", err)
+	}
+	if err := s.opts.Directory.Settle(ctx, &cp, id, stamp); err != nil {
+		return fmt.Errorf("settle the refreshed session's attributes: %w", err)
 	}
 	return nil
 }

@@ -23,8 +23,16 @@ import (
 // so of two admins saving at once one gets ErrPolicyConflict.
 
 // bucketPolicyVersions holds one record per version, keyed by its number
-// zero-padded so that the store's key order is the version order.
-const bucketPolicyVersions = "policy_versions"
+// zero-padded so that the store's key order is the version order;
+// bucketPolicyHead holds the newest number under headKey, so that finding
+// the newest version does not read them all. It is written after the
+// version, so it may lag behind by a version whose writer died in between:
+// Head rolls forward from it.
+const (
+	bucketPolicyVersions = "policy_versions"
+	bucketPolicyHead     = "policy_head"
+	headKey              = "head"
+)
 
 // Limits on stored policy history.
 const (
@@ -101,16 +109,29 @@ func (v *Versions) Get(ctx context.Context, n int) (*Version, error) {
 
 // Head returns the newest version, or store.ErrNotFound when none was saved.
 func (v *Versions) Head(ctx context.Context) (*Version, error) {
-	last := ""
-	if err := v.st.List(ctx, bucketPolicyVersions, "", func(k string, _ []byte) bool { last = k; return true }); err != nil {
+	n := 0
+	b, err := v.st.Get(ctx, bucketPolicyHead, headKey)
+	switch {
+	case err == nil:
+		if n, err = strconv.Atoi(string(b)); err != nil || n < 0 {
+			return nil, fmt.Errorf("policy versions: bad head %q", b)
+		}
+	case !errors.Is(err, store.ErrNotFound):
 		return nil, fmt.Errorf("policy versions: %w", err)
 	}
-	if last == "" {
-		return nil, store.ErrNotFound
+	// Roll forward over versions saved after the head was last written.
+	for range maxVersionsListed {
+		_, err := v.st.Get(ctx, bucketPolicyVersions, versionKey(n+1))
+		if errors.Is(err, store.ErrNotFound) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("policy versions: %w", err)
+		}
+		n++
 	}
-	n, err := strconv.Atoi(strings.TrimLeft(last, "0"))
-	if err != nil {
-		return nil, fmt.Errorf("policy versions: bad key %q", last)
+	if n == 0 {
+		return nil, store.ErrNotFound
 	}
 	return v.Get(ctx, n)
 }
@@ -164,5 +185,8 @@ func (v *Versions) Commit(ctx context.Context, parent int, p File, author, messa
 	if !ok {
 		return nil, fmt.Errorf("%w: version %d was saved by someone else; reload and redo the change", ErrPolicyConflict, ver.N)
 	}
+	// The version is saved; a head left behind by a failure here is
+	// rolled forward by Head.
+	_ = v.st.Put(ctx, bucketPolicyHead, headKey, []byte(strconv.Itoa(ver.N)), 0)
 	return ver, nil
 }

@@ -107,3 +107,36 @@ func TestVersionsRefuseOversizedPolicy(t *testing.T) {
 		t.Fatalf("an oversized policy was stored: %v", err)
 	}
 }
+
+// A head pointer left behind (a writer that died between saving a version
+// and moving the head, or two writers moving it out of order) is rolled
+// forward: Head is always the newest saved version.
+func TestVersionsHeadRollsForward(t *testing.T) {
+	ctx := context.Background()
+	st := memory.New(memory.Options{})
+	defer st.Close()
+	v := NewVersions(st)
+	for i := range 3 {
+		if _, err := v.Commit(ctx, i, File{}, "a", "change", 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, head := range []string{"1", ""} {
+		if head == "" {
+			if err := st.Delete(ctx, bucketPolicyHead, headKey); err != nil {
+				t.Fatal(err)
+			}
+		} else if err := st.Put(ctx, bucketPolicyHead, headKey, []byte(head), 0); err != nil {
+			t.Fatal(err)
+		}
+		if h, err := v.Head(ctx); err != nil || h.N != 3 {
+			t.Fatalf("head pointer %q: Head %v %+v, want version 3", head, err, h)
+		}
+	}
+	if err := st.Put(ctx, bucketPolicyHead, headKey, []byte("x"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Head(ctx); err == nil {
+		t.Fatal("a corrupt head pointer was accepted")
+	}
+}

@@ -3,10 +3,13 @@ package proxy
 import (
 	"context"
 	"errors"
+	"maps"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ztna-dev/ztna/authn"
@@ -29,14 +32,9 @@ func (e *Edge) serveConsole(w http.ResponseWriter, r *http.Request, st *State, a
 	act := console.Actor{
 		User: sess.Identity.Subject, Email: sess.Identity.Email, Name: sess.Identity.Name,
 		Session: sess.Ref(), CSRF: authn.CSRFToken(sess), Subject: req.Subject,
-		Role: consoleRole(st, a.Name, req),
+		Role: console.RoleOf(st.policy, a.Name, st.Config.Console.OwnerGroups, req),
 	}
 	e.console.ServeHTTP(w, r.WithContext(console.WithActor(r.Context(), act)))
-}
-
-// consoleRole is what the request's user may do in the console.
-func consoleRole(st *State, app string, req groups.Request) console.Role {
-	return console.RoleOf(st.policy, app, st.Config.Console.OwnerGroups, req)
 }
 
 type consoleBackend struct{ e *Edge }
@@ -146,23 +144,16 @@ func (b consoleBackend) SetAttributes(ctx context.Context, a console.Actor, sub 
 	return n, err
 }
 
+// attrsString is an attribute change as the audit event's reason.
 func attrsString(o map[string]string) string {
-	keys := make([]string, 0, len(o))
-	for k := range o {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	s := ""
-	for i, k := range keys {
-		if i > 0 {
-			s += ", "
-		}
-		s += k + "=" + o[k]
-	}
-	if s == "" {
+	if len(o) == 0 {
 		return "cleared"
 	}
-	return s
+	parts := make([]string, 0, len(o))
+	for _, k := range slices.Sorted(maps.Keys(o)) {
+		parts = append(parts, k+"="+o[k])
+	}
+	return strings.Join(parts, ", ")
 }
 
 func (b consoleBackend) Sessions(ctx context.Context, sub string) ([]console.Session, error) {

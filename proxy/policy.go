@@ -22,6 +22,17 @@ import (
 // storedPolicy compiles the store's newest policy version against cfg,
 // first saving cfg's own policy as version 1 if the store has none.
 func (e *Edge) storedPolicy(ctx context.Context, cfg *Config) (*groups.Policy, *groups.Version, error) {
+	head, err := e.storedHead(ctx, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := compileVersion(head, cfg)
+	return p, head, err
+}
+
+// storedHead is the store's newest policy version, seeded from cfg's
+// files if the store has none.
+func (e *Edge) storedHead(ctx context.Context, cfg *Config) (*groups.Version, error) {
 	head, err := e.versions.Head(ctx)
 	if errors.Is(err, store.ErrNotFound) {
 		f := sourceFile(cfg.policySrc)
@@ -31,13 +42,17 @@ func (e *Edge) storedPolicy(ctx context.Context, cfg *Config) (*groups.Policy, *
 		}
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("policy from the store: %w", err)
+		return nil, fmt.Errorf("policy from the store: %w", err)
 	}
-	p, err := groups.Compile(head.Source(), cfg.policyOpt)
+	return head, nil
+}
+
+func compileVersion(v *groups.Version, cfg *Config) (*groups.Policy, error) {
+	p, err := groups.Compile(v.Source(), cfg.policyOpt)
 	if err != nil {
-		return nil, nil, fmt.Errorf("policy version %d in the store does not compile with this config: %w", head.N, err)
+		return nil, fmt.Errorf("policy version %d in the store does not compile with this config: %w", v.N, err)
 	}
-	return p, head, nil
+	return p, nil
 }
 
 // sourceFile is a policy source as one policy file.
@@ -86,11 +101,16 @@ func (e *Edge) PolicyVersions() *groups.Versions { return e.versions }
 // SyncStoredPolicy serves the store's newest policy version if it is not
 // the one serving (store mode; a no-op in files mode).
 func (e *Edge) SyncStoredPolicy(ctx context.Context) error {
-	cfg := e.state.Load().Config
+	cur := e.state.Load()
+	cfg := cur.Config
 	if !cfg.PolicyFromStore() {
 		return nil
 	}
-	p, v, err := e.storedPolicy(ctx, cfg)
+	head, err := e.storedHead(ctx, cfg)
+	if err != nil || head.N <= cur.policyN {
+		return err // serving it already (most events: the one this replica sent)
+	}
+	p, err := compileVersion(head, cfg)
 	if err != nil {
 		return err
 	}
@@ -100,11 +120,11 @@ func (e *Edge) SyncStoredPolicy(ctx context.Context) error {
 	if old.Config != cfg {
 		return nil // a config reload read the store itself meanwhile
 	}
-	if v.N <= old.policyN {
+	if head.N <= old.policyN {
 		return nil
 	}
 	st := *old
-	st.policy, st.policySrc, st.policyN = p, v.Source(), v.N
+	st.policy, st.policySrc, st.policyN = p, head.Source(), head.N
 	e.version++
 	st.Version = e.version
 	e.state.Store(&st)

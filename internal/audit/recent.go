@@ -83,7 +83,7 @@ type Query struct {
 	User     string // exact user ID, or a case-insensitive substring of the email
 	Device   string // exact device ID
 	App      string // exact app name
-	Kind     string // exact: "request", "stream", "admin", "signal", "console" …
+	Kind     string // exact: "request", "stream", "stream_close", "admin", "signal"
 	Decision string // exact ("allow", "deny", …)
 	Text     string // case-insensitive substring of reason or rule or path
 	// Since and Until bound the event's Time: Since <= Time < Until.

@@ -18,7 +18,7 @@ import (
 var auditFields = []string{"user", "device", "app", "kind", "decision", "text", "since", "until", "limit"}
 
 // auditKinds are the event kinds offered as suggestions.
-var auditKinds = []string{"request", "stream", "admin", "signal", "console", "login"}
+var auditKinds = []string{"request", "stream", "stream_close", "admin", "signal"}
 
 // datetime-local values, with and without seconds.
 const (

@@ -49,10 +49,7 @@ func groupLive(conns []LiveConn) []liveGroup {
 }
 
 func (h *Handler) livePage(w http.ResponseWriter, r *http.Request, act Actor) error {
-	conns := h.b.Live()
-	if len(conns) > MaxLive {
-		conns = conns[:MaxLive]
-	}
+	conns := h.b.Live() // at most MaxLive
 	sessions, err := h.b.Sessions(r.Context(), "")
 	if err != nil {
 		return err
